@@ -1,0 +1,1 @@
+"""Wire contract: the .proto files and the Python code generated from them."""
