@@ -1,0 +1,126 @@
+"""The ``inference-sidecar`` command: serve, validate, and the tools around them.
+
+Each subcommand lives in a function here (or a module it imports lazily), so
+``inference-sidecar --help`` starts fast and needs no model backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sidecar import __version__
+from sidecar.errors import SidecarError
+
+if TYPE_CHECKING:
+    from sidecar.models import ServedModel
+
+log = logging.getLogger("sidecar")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sidecar.app import build_server
+    from sidecar.config import load_server_config
+    from sidecar.logs import configure_logging
+
+    config = load_server_config(args.config)
+    updates: dict[str, object] = {}
+    if args.model_repository is not None:
+        updates["model_repository"] = args.model_repository
+    if args.device is not None:
+        updates["device"] = args.device
+    if args.grpc_port is not None:
+        updates["grpc"] = config.grpc.model_copy(update={"port": args.grpc_port})
+    if args.metrics_port is not None:
+        updates["metrics"] = config.metrics.model_copy(update={"port": args.metrics_port})
+    if updates:
+        config = config.model_validate({**config.model_dump(by_alias=True), **{
+            k: (v.model_dump(by_alias=True) if hasattr(v, "model_dump") else v)
+            for k, v in updates.items()
+        }})  # fmt: skip
+    configure_logging(config.logging)
+    server = build_server(config)
+    asyncio.run(server.serve_until_signal())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from sidecar.app import build_server
+    from sidecar.config import ServerConfig, load_server_config
+
+    config = load_server_config(args.config) if args.config else ServerConfig()
+    if args.repository is not None:
+        config = config.model_copy(update={"model_repository": args.repository})
+    server = build_server(config)
+    models = server.plane.models
+
+    lines: list[str] = []
+
+    async def load() -> None:
+        await models.load_all()
+        for model in models.models:
+            if model.ready:
+                lines.append(_describe(model))
+        await models.unload_all()
+
+    asyncio.run(load())
+    for line in lines:
+        print(line)
+    for (name, version), error in sorted(models.failures.items()):
+        print(f"FAILED {name}{' v' + version if version else ''}: {error}")
+    return 1 if models.failures else 0
+
+
+def _describe(model: ServedModel) -> str:
+    sig = model.signature
+    ins = ", ".join(f"{s.name} {s.describe()}" for s in sig.inputs)
+    outs = ", ".join(f"{s.name} {s.describe()}" for s in sig.outputs)
+    return f"ok     {model.name} v{model.version} ({sig.platform}): {ins} -> {outs}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="inference-sidecar",
+        description="A KServe v2 gRPC model server that monitors its models for Prometheus.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a model repository over gRPC")
+    serve.add_argument("--model-repository", type=Path, help="default: the bundled examples")
+    serve.add_argument("--config", type=Path, help="sidecar.yaml (SIDECAR_* env overrides it)")
+    serve.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    serve.add_argument("--grpc-port", type=int, help="default 8001 (0 = any free port)")
+    serve.add_argument("--metrics-port", type=int, help="default 8002 (0 = any free port)")
+    serve.set_defaults(func=_serve)
+
+    validate = sub.add_parser("validate", help="load every model of a repository, then exit")
+    validate.add_argument("repository", type=Path, nargs="?", help="default: bundled examples")
+    validate.add_argument("--config", type=Path, help="sidecar.yaml")
+    validate.set_defaults(func=_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except SidecarError as exc:
+        print(f"inference-sidecar: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,307 @@
+"""The typed configuration tree: the server's ``sidecar.yaml`` and each model's ``config.yaml``.
+
+Both are pydantic models validated once at start-up. Unknown keys are errors
+(a typo must not be silently ignored). Server settings can be overridden by
+environment variables ``SIDECAR_<FIELD>__<SUBFIELD>`` (for example
+``SIDECAR_GRPC__PORT=9001``), which win over the file. Every error names the
+file (or variable), the field and what was expected. ``docs/configuration.md``
+documents every option.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sidecar.errors import ConfigError
+
+ENV_PREFIX = "SIDECAR_"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+Device = str
+DataTypeName = Literal[
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "FP16", "FP32", "FP64",
+]  # fmt: skip
+
+#: Default latency buckets (seconds): 50 µs to 10 s, roughly ×2 apart.
+DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, instances immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and not _DEVICE.match(value):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- server
+
+
+class GrpcConfig(_Section):
+    """The gRPC listener (KServe v2 inference, feedback, health, reflection)."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a sidecar listens on the pod network by design
+    port: int = Field(8001, ge=0, le=65535, description="0 picks a free port")
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger messages fail")
+
+
+class MetricsConfig(_Section):
+    """The Prometheus HTTP endpoint (``/metrics``, ``/healthz``)."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
+    port: int = Field(8002, ge=0, le=65535)
+    latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
+
+    @field_validator("latency_buckets")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(b <= a for a, b in zip(value, value[1:], strict=False)) or value[0] <= 0:
+            raise ValueError("latency_buckets must be positive and strictly increasing")
+        return value
+
+
+class LimitsConfig(_Section):
+    """Per-request limits; exceeding one is RESOURCE_EXHAUSTED naming the limit."""
+
+    max_batch_rows: int = Field(65536, ge=1, description="rows (first dimension) per request")
+    max_tensor_elements: int = Field(64 * 1024 * 1024, ge=1, description="elements per tensor")
+    max_inputs: int = Field(64, ge=1, description="input tensors per request")
+
+
+class ShutdownConfig(_Section):
+    """What SIGTERM does: report NOT_SERVING, wait, drain in-flight work, exit 0."""
+
+    drain_delay_seconds: float = Field(
+        0.0, ge=0, description="time between NOT_SERVING and refusing new requests"
+    )
+    grace_period_seconds: float = Field(10.0, ge=0, description="time in-flight requests get")
+
+
+class LoggingConfig(_Section):
+    """Log level and format."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(False, alias="json", description="one JSON object per line")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ThreadsConfig(_Section):
+    """Thread pools: model execution and the runtimes' own pools (0 = library default)."""
+
+    executor_workers: int = Field(4, ge=1, description="threads that run models")
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(0, ge=0)
+
+
+class ServerConfig(_Section):
+    """Root of ``sidecar.yaml``."""
+
+    model_repository: Path | None = Field(None, description="None serves the bundled examples")
+    device: Device = "auto"
+    grpc: GrpcConfig = GrpcConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    logging: LoggingConfig = LoggingConfig()
+    threads: ThreadsConfig = ThreadsConfig()
+
+    _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
+
+
+# --------------------------------------------------------------------------- model
+
+
+class TensorOverride(_Section):
+    """Overrides what the model file says about one input or output."""
+
+    name: str
+    datatype: DataTypeName | None = None
+    shape: tuple[int, ...] | None = Field(None, description="-1 marks a dynamic dimension")
+    rename: str | None = Field(None, description="the name clients use (torch outputs)")
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and any(d < -1 or d == 0 for d in value):
+            raise ValueError("shape dimensions must be positive or -1 (dynamic)")
+        return value
+
+
+class OnnxOptions(_Section):
+    """ONNX Runtime session options (None = the server's threads settings)."""
+
+    intra_op_threads: int | None = Field(None, ge=0)
+    inter_op_threads: int | None = Field(None, ge=0)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class BatchingConfig(_Section):
+    """Dynamic batching: concurrent requests are run as one batch."""
+
+    enabled: bool = False
+    max_batch_size: int = Field(64, ge=1, description="rows per executed batch")
+    max_queue_delay_us: int = Field(500, ge=0, description="longest wait to fill a batch")
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = Field(1024, ge=1, description="requests waiting; more are refused")
+
+
+class ClassificationConfig(_Section):
+    """Which output holds class scores, and the class names (label values)."""
+
+    output: str
+    class_names: tuple[str, ...] = Field(min_length=2)
+    scores: Literal["logits", "probabilities"] = "probabilities"
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("class_names must be unique")
+        if "other" in value:
+            raise ValueError("'other' is reserved for values that are not configured classes")
+        return value
+
+
+class RegressionConfig(_Section):
+    """Which outputs are regression values."""
+
+    outputs: tuple[str, ...] = Field(min_length=1)
+    buckets: tuple[float, ...] | None = Field(None, description="output_value histogram buckets")
+
+
+class MonitoringConfig(_Section):
+    """What the server watches for this model."""
+
+    task: Literal["classification", "regression", "none"] = "none"
+    classification: ClassificationConfig | None = None
+    regression: RegressionConfig | None = None
+
+    @model_validator(mode="after")
+    def _task_section(self) -> MonitoringConfig:
+        if self.task == "classification" and self.classification is None:
+            raise ValueError("task 'classification' needs a 'classification' section")
+        if self.task == "regression" and self.regression is None:
+            raise ValueError("task 'regression' needs a 'regression' section")
+        return self
+
+
+class ModelConfig(_Section):
+    """Root of ``<repository>/<model>/config.yaml``."""
+
+    name: str | None = Field(None, description="defaults to the directory name")
+    runtime: Literal["onnx", "torch"] | None = Field(None, description="None: from the file")
+    versions: tuple[int, ...] | None = Field(None, description="None serves the newest")
+    device: Device | None = Field(None, description="None inherits the server's device")
+    inputs: tuple[TensorOverride, ...] = ()
+    outputs: tuple[TensorOverride, ...] = ()
+    onnx: OnnxOptions = OnnxOptions()
+    batching: BatchingConfig = BatchingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+    _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {json.dumps(got, default=str)[:80]})"
+        lines.append(f"{source}: {where}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping; a missing file, bad YAML or a non-mapping is a ConfigError."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"environment variable {key}: invalid JSON: {exc}") from exc
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {key}: conflicts with another variable")
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_server_config(
+    path: Path | None = None, env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Read ``sidecar.yaml`` (optional), apply ``SIDECAR_*`` overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    overrides = _env_overrides(os.environ if env is None else env)
+    source = str(path) if path is not None else "server config"
+    if overrides:
+        source += " (with SIDECAR_* environment overrides)"
+    try:
+        return ServerConfig.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from exc
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Read and validate one model's ``config.yaml``; a missing file means defaults."""
+    data = read_yaml(path) if path.exists() else {}
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, str(path))) from exc

@@ -1,0 +1,328 @@
+"""The model repository on disk and the models loaded from it.
+
+Layout, as Triton users expect::
+
+    <repository>/<model>/config.yaml
+    <repository>/<model>/<version>/model.onnx   (or model.pt / model.pt2)
+
+The newest version serves unless ``versions:`` in config.yaml names others.
+A model that fails to load is recorded (ModelReady false, reason logged, a
+listener told) and the others still serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sidecar.codec import RequestCodec
+from sidecar.config import ConfigError, ModelConfig, ServerConfig, load_model_config
+from sidecar.errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError, SidecarError, quote
+from sidecar.events import Listener
+from sidecar.runtimes import MODEL_FILES, Runtime, create_runtime
+from sidecar.types import ModelSignature, Tensors
+
+log = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[str, Path, ModelConfig, str], Runtime]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """One model version found in the repository."""
+
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryScan:
+    """Everything a scan found: versions to load and per-model problems."""
+
+    sources: tuple[ModelSource, ...]
+    problems: tuple[tuple[str, str], ...]  # (model name, what is wrong)
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def scan_repository(root: Path) -> RepositoryScan:
+    """Find the model versions to serve under ``root``; bad models become problems.
+
+    A path that leaves the repository (through a symlink or ``..``) and a model
+    file writable by anyone are refused: loading a model must not be a way to
+    run someone else's file.
+    """
+    root = root.resolve()
+    if not root.is_dir():
+        raise ConfigError(f"model repository {root}: not a directory")
+    sources: list[ModelSource] = []
+    problems: list[tuple[str, str]] = []
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = model_dir.name
+        try:
+            if not _inside(root, model_dir):
+                raise ConfigError(f"{model_dir}: resolves outside the repository {root}")
+            config = load_model_config(model_dir / "config.yaml")
+            name = config.name or name
+            versions = _versions(model_dir)
+            if not versions:
+                raise ConfigError(
+                    f"{model_dir}: no version directory with one of {', '.join(MODEL_FILES)}"
+                )
+            wanted = config.versions or (max(versions),)
+            missing = [v for v in wanted if v not in versions]
+            if missing:
+                raise ConfigError(
+                    f"{model_dir / 'config.yaml'}: versions: {missing} not found; "
+                    f"present: {sorted(versions)}"
+                )
+            for version in wanted:
+                path = versions[version]
+                if not _inside(root, path):
+                    raise ConfigError(f"{path}: resolves outside the repository {root}")
+                if os.stat(path).st_mode & stat.S_IWOTH:
+                    raise ConfigError(f"{path}: writable by any user; refusing to load it")
+                sources.append(ModelSource(name, version, path, config))
+        except SidecarError as exc:
+            problems.append((name, exc.message))
+    return RepositoryScan(tuple(sources), tuple(problems))
+
+
+def _versions(model_dir: Path) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    for entry in model_dir.iterdir():
+        if not (entry.is_dir() and entry.name.isdigit()):
+            continue
+        files = [entry / f for f in MODEL_FILES if (entry / f).is_file()]
+        if len(files) > 1:
+            raise ConfigError(
+                f"{entry}: several model files ({', '.join(f.name for f in files)}); keep one"
+            )
+        if files:
+            found[int(entry.name)] = files[0]
+    return found
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One model version: its runtime, signature, codec and state."""
+
+    name: str
+    version: str
+    config: ModelConfig
+    runtime: Runtime
+    path: Path | None = None
+    ready: bool = False
+    error: str = ""
+    load_seconds: float = 0.0
+    inflight: int = 0  # requests inside predict() right now
+    codec: RequestCodec | None = None
+    listeners: tuple[Listener, ...] = field(default=(), repr=False)
+
+    @property
+    def signature(self) -> ModelSignature:
+        """The runtime's inputs and outputs."""
+        return self.runtime.signature
+
+    async def predict(self, inputs: Tensors, rows: int) -> Tensors:
+        """Run one batch on the runtime and tell listeners how long it took."""
+        started = time.perf_counter()
+        outputs = await self.runtime.predict(inputs)
+        elapsed = time.perf_counter() - started
+        for listener in self.listeners:
+            try:
+                listener.on_batch(self, rows, elapsed)
+            except Exception:
+                log.exception("listener %r failed on_batch", listener)
+        return outputs
+
+
+class ModelManager:
+    """Loads the repository's models and finds the one a request names."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        repository: Path,
+        listeners: Iterable[Listener] = (),
+        executor: Executor | None = None,
+        runtime_factory: RuntimeFactory | None = None,
+    ) -> None:
+        self._config = config
+        self._repository = repository
+        self._listeners = tuple(listeners)
+        self._executor = executor
+        self._factory = runtime_factory or self._default_factory
+        self._models: dict[tuple[str, str], ServedModel] = {}
+        self._default: dict[str, ServedModel] = {}  # name → newest ready version
+        self._failures: dict[tuple[str, str], str] = {}
+
+    def _default_factory(self, name: str, path: Path, config: ModelConfig, device: str) -> Runtime:
+        return create_runtime(name, path, config, device, self._config.threads, self._executor)
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """The listeners every model reports to."""
+        return self._listeners
+
+    async def load_all(self) -> None:
+        """Scan the repository and load every model version; failures are recorded."""
+        scan = scan_repository(self._repository)
+        for name, problem in scan.problems:
+            self._record_failure(name, "", problem)
+        for source in scan.sources:
+            runtime = self._factory(
+                source.name, source.path, source.config, source.config.device or self._config.device
+            )
+            await self.add(source.name, str(source.version), source.config, runtime, source.path)
+
+    async def add(
+        self,
+        name: str,
+        version: str,
+        config: ModelConfig,
+        runtime: Runtime,
+        path: Path | None = None,
+    ) -> ServedModel:
+        """Load one runtime and start serving it (also the seam tests use)."""
+        model = ServedModel(name, version, config, runtime, path, listeners=self._listeners)
+        self._models[(name, version)] = model
+        started = time.perf_counter()
+        try:
+            await runtime.load()
+            model.codec = RequestCodec(name, runtime.signature, self._config.limits)
+            self._check_monitoring(model)
+        except SidecarError as exc:
+            model.error = exc.message
+            self._record_failure(name, version, exc.message)
+            return model
+        except Exception as exc:  # a runtime bug must not stop the other models
+            model.error = f"model {name!r} version {version}: {type(exc).__name__}: {exc}"
+            self._record_failure(name, version, model.error)
+            return model
+        model.load_seconds = time.perf_counter() - started
+        model.ready = True
+        self._failures.pop((name, version), None)
+        best = self._default.get(name)
+        if best is None or _version_key(version) > _version_key(best.version):
+            self._default[name] = model
+        log.info(
+            "loaded model %s version %s (%s on %s) in %.3fs",
+            name,
+            version,
+            runtime.info.runtime,
+            runtime.info.device,
+            model.load_seconds,
+        )
+        for listener in self._listeners:
+            listener.on_model_loaded(model)
+        return model
+
+    def _check_monitoring(self, model: ServedModel) -> None:
+        mon = model.config.monitoring
+        sig = model.signature
+        if mon.classification is not None:
+            spec = sig.output(mon.classification.output)
+            if spec is None:
+                raise ModelLoadError(
+                    f"model {model.name!r}: monitoring.classification.output "
+                    f"{mon.classification.output!r} is not an output; outputs are: "
+                    f"{', '.join(s.name for s in sig.outputs)}"
+                )
+            width = spec.shape[-1] if spec.shape else -1
+            if width != -1 and width != len(mon.classification.class_names):
+                raise ModelLoadError(
+                    f"model {model.name!r}: output {spec.name!r} has {width} classes "
+                    f"({spec.describe()}) but monitoring.classification.class_names lists "
+                    f"{len(mon.classification.class_names)}"
+                )
+        if mon.regression is not None:
+            for out in mon.regression.outputs:
+                if sig.output(out) is None:
+                    raise ModelLoadError(
+                        f"model {model.name!r}: monitoring.regression.outputs names {out!r}, "
+                        f"not an output; outputs are: {', '.join(s.name for s in sig.outputs)}"
+                    )
+
+    def _record_failure(self, name: str, version: str, error: str) -> None:
+        self._failures[(name, version)] = error
+        log.error("model %s version %s failed to load: %s", name, version or "?", error)
+        for listener in self._listeners:
+            listener.on_model_failed(name, version, error)
+
+    def resolve(self, name: str, version: str = "") -> ServedModel:
+        """The model a request names; NOT_FOUND / UNAVAILABLE errors say why not."""
+        model = self._default.get(name) if not version else self._models.get((name, version))
+        if model is not None and model.ready:
+            return model
+        if model is None:
+            if not version and any(n == name for n, _ in self._models):
+                model = next(m for (n, _), m in self._models.items() if n == name)
+            elif not version and (name, "") in self._failures:
+                raise ModelNotReadyError(
+                    f"model {quote(name)} is not ready: {self._failures[(name, '')]}"
+                )
+            else:
+                known = sorted({n for n, _ in self._models})
+                what = f"model {quote(name)}" + (f" version {quote(version)}" if version else "")
+                raise ModelNotFoundError(
+                    f"{what} not found; models: {', '.join(known) or '(none)'}"
+                    + (f"; versions of {name}: {self.versions(name)}" if version and name in known else "")
+                )
+        raise ModelNotReadyError(
+            f"model {name!r} version {model.version} is not ready: {model.error or 'unloading'}"
+        )
+
+    def versions(self, name: str) -> list[str]:
+        """Versions of a model that are configured (ready or not), oldest first."""
+        return sorted((v for n, v in self._models if n == name), key=_version_key)
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        """True when that model (version) serves."""
+        try:
+            self.resolve(name, version)
+        except SidecarError:
+            return False
+        return True
+
+    @property
+    def models(self) -> list[ServedModel]:
+        """Every configured model version, ready or not."""
+        return list(self._models.values())
+
+    @property
+    def failures(self) -> dict[tuple[str, str], str]:
+        """(model, version) → why it failed to load."""
+        return dict(self._failures)
+
+    @property
+    def all_ready(self) -> bool:
+        """True when every configured model loaded."""
+        return not self._failures and all(m.ready for m in self._models.values())
+
+    async def unload_all(self) -> None:
+        """Unload every model (at shutdown)."""
+        for model in list(self._models.values()):
+            if model.ready:
+                model.ready = False
+                await model.runtime.unload()
+                for listener in self._listeners:
+                    listener.on_model_unloaded(model)
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)

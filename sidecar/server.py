@@ -1,0 +1,157 @@
+"""The gRPC server: inference, feedback, health and reflection on one port.
+
+``SidecarServer`` owns the process's serving lifecycle: load models, bind,
+report health, and on SIGTERM turn NOT_SERVING, refuse new requests with
+UNAVAILABLE, let in-flight ones finish within the grace period, then stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from sidecar.config import ServerConfig
+from sidecar.dataplane import DataPlane
+from sidecar.proto import feedback_pb2, grpc_service_pb2
+from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
+from sidecar.proto.pool import POOL
+from sidecar.servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """Something that runs beside the gRPC server (metrics endpoint, background workers)."""
+
+    async def start(self) -> None:
+        """Start; called after models load, before the gRPC port opens."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop; called after the gRPC server has drained."""
+        ...
+
+
+class GrpcRegistrar(Protocol):
+    """Adds a servicer to the gRPC server (for example the FeedbackService)."""
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Register; return the full service names for reflection."""
+        ...
+
+
+def _reflection_pool_ready() -> None:
+    """Put the health and reflection descriptors into our private pool too."""
+    for module in (health_pb2, reflection_pb2):
+        try:
+            POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+
+
+class SidecarServer:
+    """One process's gRPC server around a data plane."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        plane: DataPlane,
+        services: Sequence[Service] = (),
+        registrars: Sequence[GrpcRegistrar] = (),
+    ) -> None:
+        self._config = config
+        self._plane = plane
+        self._services = list(services)
+        self._registrars = list(registrars)
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = asyncio.Event()
+        self.port = 0
+
+    @property
+    def plane(self) -> DataPlane:
+        """The data plane this server answers with."""
+        return self._plane
+
+    async def start(self) -> None:
+        """Load models, start services, open the gRPC port."""
+        await self._plane.models.load_all()
+        for service in self._services:
+            await service.start()
+        limit = self._config.grpc.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [
+            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        for registrar in self._registrars:
+            names.extend(registrar.register(server))
+        _reflection_pool_ready()
+        reflection.enable_server_reflection(names, server, pool=POOL)
+        address = f"{self._config.grpc.host}:{self._config.grpc.port}"
+        if ":" in self._config.grpc.host and not self._config.grpc.host.startswith("["):
+            address = f"[{self._config.grpc.host}]:{self._config.grpc.port}"
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        await self._update_health()
+        log.info("serving gRPC on %s:%d", self._config.grpc.host, self.port)
+
+    async def _update_health(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        models = self._plane.models
+        for name in {m.name for m in models.models} | {n for n, _ in models.failures}:
+            await self._health.set(name, serving if models.is_ready(name) else not_serving)
+        await self._health.set("", serving if models.all_ready else not_serving)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, wait drain_delay, refuse new work, finish in-flight, stop."""
+        if self._server is None:
+            return
+        shutdown = self._config.shutdown
+        grace = shutdown.grace_period_seconds if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", grace)
+        if shutdown.drain_delay_seconds:
+            await asyncio.sleep(shutdown.drain_delay_seconds)
+        self._plane.shutting_down = True
+        await self._server.stop(grace)
+        self._server = None
+        for service in reversed(self._services):
+            await service.stop()
+        await self._plane.models.unload_all()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        """Return once ``stop`` has finished."""
+        await self._stopped.wait()
+
+    async def serve_until_signal(self) -> None:
+        """Start, then stop cleanly on SIGTERM or SIGINT."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await stop_requested.wait()
+        await self.stop()

@@ -1,0 +1,175 @@
+"""gRPC servicers: thin adapters between protobuf and the data plane.
+
+Domain errors become gRPC status codes in exactly one place: ``_rpc`` for unary
+calls; streamed inference reports per-message errors in
+``ModelStreamInferResponse.error_message``, as Triton does, and keeps the
+stream open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from sidecar import __version__
+from sidecar.dataplane import DataPlane
+from sidecar.errors import RequestError, SidecarError
+from sidecar.proto import grpc_service_pb2 as pb
+from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "inference-sidecar"
+#: Most stream requests one ModelStreamInfer call may have in flight at once.
+MAX_STREAM_INFLIGHT = 64
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Map RequestError → its status code, anything else → INTERNAL (logged)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode[exc.code], exc.message)
+        except SidecarError as exc:
+            log.error("%s failed: %s", method.__name__, exc.message)
+            await context.abort(grpc.StatusCode.INTERNAL, exc.message)
+        except Exception as exc:
+            log.exception("%s failed unexpectedly", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` (KServe v2 / Triton)."""
+
+    def __init__(self, plane: DataPlane, strict_readiness: bool = True) -> None:
+        self._plane = plane
+        self._strict = strict_readiness
+
+    @_rpc
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        """Live while the process runs."""
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        """Ready unless shutting down; with strict readiness, every model must be ready."""
+        models = self._plane.models
+        ready = not self._plane.shutting_down and (
+            models.all_ready if self._strict else any(m.ready for m in models.models)
+        )
+        return pb.ServerReadyResponse(ready=ready)
+
+    @_rpc
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        """Ready when that model (version) serves; unknown models are NOT_FOUND."""
+        models = self._plane.models
+        if not models.versions(request.name) and (request.name, "") not in models.failures:
+            models.resolve(request.name, request.version)  # raises NOT_FOUND with the list
+        return pb.ModelReadyResponse(
+            ready=not self._plane.shutting_down and models.is_ready(request.name, request.version)
+        )
+
+    @_rpc
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        """Name, version and the protocol extensions we add."""
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=["sidecar_feedback"]
+        )
+
+    @_rpc
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        """Inputs, outputs, versions and platform of one model."""
+        model = self._plane.models.resolve(request.name, request.version)
+        sig = model.signature
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=self._plane.models.versions(model.name),
+            platform=sig.platform,
+            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in sig.inputs],
+            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in sig.outputs],
+        )
+
+    @_rpc
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """One inference."""
+        return await self._plane.infer(request)
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Pipelined inference: requests run concurrently, responses return as they finish."""
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_STREAM_INFLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                response = await self._plane.infer(request)
+                await results.put(pb.ModelStreamInferResponse(infer_response=response))
+            except RequestError as exc:
+                failed = pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                )
+                await results.put(
+                    pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+                )
+            except Exception as exc:
+                log.exception("stream request failed unexpectedly")
+                await results.put(
+                    pb.ModelStreamInferResponse(error_message=f"internal error: {type(exc).__name__}")
+                )
+            finally:
+                slots.release()
+
+        async def reader() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*tuple(tasks))
+            finally:
+                await results.put(None)
+
+        feeder = asyncio.create_task(reader())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+        finally:
+            feeder.cancel()
+            for task in tuple(tasks):
+                task.cancel()
