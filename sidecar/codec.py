@@ -170,13 +170,17 @@ class RequestCodec:
         return np.frombuffer(data, dtype=spec.dtype).reshape(shape)
 
     def _from_contents(
-        self, spec: TensorSpec, tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...]
+        self,
+        spec: TensorSpec,
+        tensor: pb.ModelInferRequest.InferInputTensor,
+        shape: tuple[int, ...],
     ) -> np.ndarray:
         where = f"model {self._model!r}, input {spec.name!r}"
         field = _CONTENTS_FIELD.get(spec.datatype)
         if field is None:
             raise InvalidRequestError(
-                f"{where}: {spec.datatype} has no typed contents field; send it as raw_input_contents"
+                f"{where}: {spec.datatype} has no typed contents field; "
+                "send it as raw_input_contents"
             )
         if not tensor.HasField("contents"):
             raise InvalidRequestError(

@@ -10,6 +10,7 @@ documents every option.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -72,7 +73,7 @@ class MetricsConfig(_Section):
     @field_validator("latency_buckets")
     @classmethod
     def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value or any(b <= a for a, b in zip(value, value[1:], strict=False)) or value[0] <= 0:
+        if not value or any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
             raise ValueError("latency_buckets must be positive and strictly increasing")
         return value
 

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterable
 
+from sidecar.codec import encode_response
 from sidecar.errors import (
     ModelExecutionError,
     RequestError,
@@ -22,7 +23,6 @@ from sidecar.errors import (
 from sidecar.events import Listener, RequestRecord
 from sidecar.models import ModelManager, ServedModel
 from sidecar.proto import grpc_service_pb2 as pb
-from sidecar.codec import encode_response
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,12 @@ class DataPlane:
             except Exception as exc:
                 log.error(
                     "model %s version %s failed on request %s: %s: %s",
-                    model.name, model.version, request_id, type(exc).__name__, exc,
-                )  # fmt: skip
+                    model.name,
+                    model.version,
+                    request_id,
+                    type(exc).__name__,
+                    exc,
+                )
                 raise ModelExecutionError(
                     f"model {model.name!r} version {model.version} failed: "
                     f"{type(exc).__name__}: {exc}"
@@ -92,18 +96,27 @@ class DataPlane:
         except RequestError as exc:
             self._emit(
                 RequestRecord(
-                    model, request_id, exc.code, rows, time.perf_counter() - started,
+                    model,
+                    request_id,
+                    exc.code,
+                    rows,
+                    time.perf_counter() - started,
                     reason=getattr(exc, "reason", ""),
-                )  # fmt: skip
+                )
             )
             raise
         finally:
             self.inflight -= 1
         self._emit(
             RequestRecord(
-                model, request_id, "OK", rows, time.perf_counter() - started,
-                inputs=inputs, outputs=outputs,
-            )  # fmt: skip
+                model,
+                request_id,
+                "OK",
+                rows,
+                time.perf_counter() - started,
+                inputs=inputs,
+                outputs=outputs,
+            )
         )
         return response
 

@@ -23,7 +23,13 @@ from pathlib import Path
 
 from sidecar.codec import RequestCodec
 from sidecar.config import ConfigError, ModelConfig, ServerConfig, load_model_config
-from sidecar.errors import ModelLoadError, ModelNotFoundError, ModelNotReadyError, SidecarError, quote
+from sidecar.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    SidecarError,
+    quote,
+)
 from sidecar.events import Listener
 from sidecar.runtimes import MODEL_FILES, Runtime, create_runtime
 from sidecar.types import ModelSignature, Tensors
@@ -281,7 +287,11 @@ class ModelManager:
                 what = f"model {quote(name)}" + (f" version {quote(version)}" if version else "")
                 raise ModelNotFoundError(
                     f"{what} not found; models: {', '.join(known) or '(none)'}"
-                    + (f"; versions of {name}: {self.versions(name)}" if version and name in known else "")
+                    + (
+                        f"; versions of {name}: {self.versions(name)}"
+                        if version and name in known
+                        else ""
+                    )
                 )
         raise ModelNotReadyError(
             f"model {name!r} version {model.version} is not ready: {model.error or 'unloading'}"

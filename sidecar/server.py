@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
-from sidecar.proto import feedback_pb2, grpc_service_pb2
+from sidecar.proto import grpc_service_pb2
 from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 from sidecar.proto.pool import POOL
 from sidecar.servicer import InferenceServicer

@@ -148,7 +148,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except Exception as exc:
                 log.exception("stream request failed unexpectedly")
                 await results.put(
-                    pb.ModelStreamInferResponse(error_message=f"internal error: {type(exc).__name__}")
+                    pb.ModelStreamInferResponse(
+                        error_message=f"internal error: {type(exc).__name__}"
+                    )
                 )
             finally:
                 slots.release()

@@ -93,7 +93,10 @@ def _onnx_mlp(
         nodes,
         "mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", n_in])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", d]) for n, d in outputs.items()],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", d])
+            for n, d in outputs.items()
+        ],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -170,7 +173,10 @@ def build(root: Path = MODEL_REPOSITORY) -> None:
     rweights = _linear_weights(rnet)
     # Fold standardisation of inputs and de-standardisation of the target into the weights.
     w0, b0 = rweights[0]
-    rweights[0] = ((w0 / std[:, None]).astype(np.float32), (b0 - (mean / std) @ w0).astype(np.float32))
+    rweights[0] = (
+        (w0 / std[:, None]).astype(np.float32),
+        (b0 - (mean / std) @ w0).astype(np.float32),
+    )
     w1, b1 = rweights[1]
     rweights[1] = ((w1 * y_scale).astype(np.float32), (b1 * y_scale + y_mean).astype(np.float32))
     rmodel = _onnx_mlp(rweights, 10, {"prediction": 1}, softmax=False)

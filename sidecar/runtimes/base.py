@@ -90,8 +90,9 @@ def apply_overrides(
             )
     out = []
     for spec in specs:
-        over = next((o for o in overrides if o.name == spec.name), None)
-        if over is not None:
+        found = next((o for o in overrides if o.name == spec.name), None)
+        if found is not None:
+            over = found
             if over.shape is not None and len(over.shape) != len(spec.shape) and spec.shape:
                 raise ModelLoadError(
                     f"model {model!r}: config.yaml gives {what} {spec.name!r} shape "

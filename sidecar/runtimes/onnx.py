@@ -148,7 +148,9 @@ class OnnxRuntime(ExecutorRuntime):
             outputs=apply_overrides(outputs, self._config.outputs, "output", self._name),
             platform="onnxruntime_onnx",
         )
-        self._input_map = {s.name: f.name for s, f in zip(self._signature.inputs, inputs, strict=True)}
+        self._input_map = {
+            s.name: f.name for s, f in zip(self._signature.inputs, inputs, strict=True)
+        }
         self._client_outputs = [s.name for s in self._signature.outputs]
         self._session = session
         self._info = self._describe(ort.__version__, device)

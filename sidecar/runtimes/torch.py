@@ -188,9 +188,7 @@ class TorchRuntime(ExecutorRuntime):
         out_node = next(n for n in graph.nodes if n.op == "output")
         values = out_node.args[0]
         values = values if isinstance(values, (tuple, list)) else (values,)
-        outputs = tuple(
-            self._spec_of(f"output{i}", v.meta["val"]) for i, v in enumerate(values)
-        )
+        outputs = tuple(self._spec_of(f"output{i}", v.meta["val"]) for i, v in enumerate(values))
         ops = Counter(str(n.target) for n in graph.nodes if n.op == "call_function")
         self._module = program.module().to(self._device)
         return inputs, outputs, dict(ops)
