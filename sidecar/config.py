@@ -112,6 +112,17 @@ class ThreadsConfig(_Section):
     inter_op_threads: int = Field(0, ge=0)
 
 
+class StartupConfig(_Section):
+    """What start-up does when a model fails to load."""
+
+    exit_on_model_error: bool = Field(
+        False, description="stop start-up (exit 2) instead of serving the other models"
+    )
+    strict_readiness: bool = Field(
+        True, description="ServerReady (and overall health) needs every model ready"
+    )
+
+
 class ServerConfig(_Section):
     """Root of ``sidecar.yaml``."""
 
@@ -123,6 +134,7 @@ class ServerConfig(_Section):
     shutdown: ShutdownConfig = ShutdownConfig()
     logging: LoggingConfig = LoggingConfig()
     threads: ThreadsConfig = ThreadsConfig()
+    startup: StartupConfig = StartupConfig()
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 

@@ -93,7 +93,8 @@ class SidecarServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
+        servicer = InferenceServicer(self._plane, self._config.startup.strict_readiness)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
             grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -121,7 +122,10 @@ class SidecarServer:
         models = self._plane.models
         for name in {m.name for m in models.models} | {n for n, _ in models.failures}:
             await self._health.set(name, serving if models.is_ready(name) else not_serving)
-        await self._health.set("", serving if models.all_ready else not_serving)
+        overall = models.all_ready or (
+            not self._config.startup.strict_readiness and any(m.ready for m in models.models)
+        )
+        await self._health.set("", serving if overall else not_serving)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, wait drain_delay, refuse new work, finish in-flight, stop."""
