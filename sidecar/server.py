@@ -137,8 +137,13 @@ class SidecarServer:
         log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", grace)
         if shutdown.drain_delay_seconds:
             await asyncio.sleep(shutdown.drain_delay_seconds)
-        self._plane.shutting_down = True
-        await self._server.stop(grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Our own refusal (UNAVAILABLE, a clear message) while in-flight requests finish;
+        # grpc's own stop() would cancel new calls on open connections instead.
+        if not await self._plane.drain(grace):
+            log.warning("grace period over with %d requests in flight", self._plane.inflight)
+        await self._server.stop(max(0.0, deadline - loop.time()))
         self._server = None
         for service in reversed(self._services):
             await service.stop()
