@@ -157,10 +157,10 @@ class SidecarServer:
 
     async def serve_until_signal(self) -> None:
         """Start, then stop cleanly on SIGTERM or SIGINT."""
-        await self.start()
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
         await stop_requested.wait()
         await self.stop()
