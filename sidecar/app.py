@@ -5,10 +5,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry
+
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
 from sidecar.events import Listener
 from sidecar.examples import MODEL_REPOSITORY
+from sidecar.labels import Labels
 from sidecar.models import ModelManager, RuntimeFactory
 from sidecar.server import GrpcRegistrar, Service, SidecarServer
 
@@ -20,6 +23,7 @@ class AppParts:
     listeners: list[Listener] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     registrars: list[GrpcRegistrar] = field(default_factory=list)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
 
 def build_server(
@@ -29,6 +33,8 @@ def build_server(
 ) -> SidecarServer:
     """A SidecarServer for ``config``; ``runtime_factory`` is the seam for fake runtimes."""
     parts = parts or AppParts()
+    if config.labels.enabled:
+        Labels(config, parts.registry).attach(parts)
     executor = ThreadPoolExecutor(
         max_workers=config.threads.executor_workers, thread_name_prefix="model"
     )
