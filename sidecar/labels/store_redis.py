@@ -6,9 +6,10 @@ Layout (``P`` = ``key_prefix``)::
                                    m model, v version, x value, t time, e expires
     P pending:<model>        zset  keys of pending predictions, scored by expiry
 
-A label is taken by one Lua script per label (``TAKE``): it reads the hash,
-checks model, state and expiry, and marks it labelled in one atomic step, so
-a label sent to several replicas at once matches exactly once. Redis keeps
+Writes and label lookups run as Lua scripts over chunks of rows (``PUT``,
+``TAKE``): one round trip per flush or label batch. ``TAKE`` reads each hash,
+checks model, state and expiry and marks it labelled, atomically, so a label
+sent to several replicas at once matches exactly once. Redis keeps
 the TTLs: a prediction's hash expires ``remember_seconds`` after its own TTL,
 and a labelled one ``remember_seconds`` after its label. The ``SWEEP`` script
 moves pending predictions past their TTL out of the model's zset (counting
@@ -21,7 +22,6 @@ package is an optional extra, imported when this store opens.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -43,21 +43,55 @@ if TYPE_CHECKING:
 #: Most expired keys one SWEEP call handles (the next call goes on).
 SWEEP_LIMIT = 5000
 
-# KEYS: prediction key, its row-0 key, the label's model zset
-# ARGV: label's model, now, remember (ms)
-TAKE = """
-local h = redis.call('HMGET', KEYS[1], 's', 'm', 'v', 'x', 't', 'e')
-if not h[1] then
-  if KEYS[2] ~= KEYS[1] and redis.call('EXISTS', KEYS[2]) == 1 then return {'bad_row'} end
-  return {'unknown'}
+#: Rows (or lookups) per script call: bounds how long one call holds Redis.
+CHUNK = 500
+
+# ARGV: prefix, now, remember (ms), then per row: request id, row, model, version,
+# value, time, expires (strings, stored as sent so floats round-trip exactly)
+PUT = """
+local prefix, now, remember = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 4, #ARGV, 7 do
+  local key = prefix .. 'p:' .. ARGV[i + 1] .. ':' .. ARGV[i]
+  redis.call('HSET', key, 's', 'P', 'm', ARGV[i + 2], 'v', ARGV[i + 3], 'x', ARGV[i + 4],
+             't', ARGV[i + 5], 'e', ARGV[i + 6])
+  local keep = math.max(tonumber(ARGV[i + 6]) - now, 0) * 1000 + remember
+  redis.call('PEXPIRE', key, math.max(math.ceil(keep), 1))
+  redis.call('ZADD', prefix .. 'pending:' .. ARGV[i + 2], ARGV[i + 6], key)
 end
-if h[2] ~= ARGV[1] then return {'wrong_model', h[2]} end
-if h[1] == 'L' then return {'duplicate'} end
-if h[1] == 'E' or tonumber(h[6]) <= tonumber(ARGV[2]) then return {'expired'} end
-redis.call('HSET', KEYS[1], 's', 'L')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('ZREM', KEYS[3], KEYS[1])
-return {'matched', h[3], h[4], h[5], h[6]}
+return (#ARGV - 3) / 7
+"""
+
+# ARGV: prefix, now, remember (ms), then per lookup: request id, row, model.
+# One reply per lookup, in order; the whole call is atomic.
+TAKE = """
+local prefix, now, remember = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out = {}
+for i = 4, #ARGV, 3 do
+  local rid, row, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key = prefix .. 'p:' .. row .. ':' .. rid
+  local h = redis.call('HMGET', key, 's', 'm', 'v', 'x', 't', 'e')
+  local r
+  if not h[1] then
+    if row ~= '0' and redis.call('EXISTS', prefix .. 'p:0:' .. rid) == 1 then
+      r = {'bad_row'}
+    else
+      r = {'unknown'}
+    end
+  elseif h[2] ~= model then
+    r = {'wrong_model', h[2]}
+  elseif h[1] == 'L' then
+    r = {'duplicate'}
+  elseif h[1] == 'E' or tonumber(h[6]) <= now then
+    r = {'expired'}
+  else
+    redis.call('HSET', key, 's', 'L')
+    redis.call('PEXPIRE', key, remember)
+    redis.call('ZREM', prefix .. 'pending:' .. model, key)
+    r = {'matched', h[3], h[4], h[5], h[6]}
+  end
+  out[#out + 1] = r
+end
+return out
 """
 
 # KEYS: the model's zset
@@ -114,15 +148,12 @@ class RedisStore:
         self._prefix = prefix
         self._max = max_entries
         self._remember_ms = max(int(remember_seconds * 1000), 1)
-        self._remember_s = remember_seconds
         self._timeout = timeout_seconds
         self._client: redis.Redis | None = None
+        self._put: Any = None
         self._take: Any = None
         self._sweep: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
-
-    def _key(self, request_id: str, row: int) -> str:
-        return f"{self._prefix}p:{row}:{request_id}"
 
     def _zset(self, model: str) -> str:
         return f"{self._prefix}pending:{model}"
@@ -142,6 +173,7 @@ class RedisStore:
             decode_responses=True,
             client_name="inference-sidecar",
         )
+        self._put = self._client.register_script(PUT)
         self._take = self._client.register_script(TAKE)
         self._sweep = self._client.register_script(SWEEP)
 
@@ -171,43 +203,35 @@ class RedisStore:
             ) from exc
 
     def put(self, rows: Sequence[StoredPrediction], now: float) -> PutResult:
-        """One pipelined round trip: a hash, its expiry and a zset entry per row."""
+        """PUT scripts of CHUNK rows each, in one pipelined round trip."""
         with self._guard("write"):
             pipe = self._redis.pipeline(transaction=False)
-            for row in rows:
-                key = self._key(row.request_id, row.row)
-                pipe.hset(
-                    key,
-                    mapping={
-                        "s": "P",
-                        "m": row.model,
-                        "v": row.version,
-                        "x": repr(row.value),
-                        "t": repr(row.time),
-                        "e": repr(row.expires),
-                    },
-                )
-                keep = max(row.expires - now, 0.0) + self._remember_s
-                pipe.pexpire(key, max(math.ceil(keep * 1000), 1))
-                pipe.zadd(self._zset(row.model), {key: row.expires})
+            for start in range(0, len(rows), CHUNK):
+                args: list[str | int] = [self._prefix, repr(now), self._remember_ms]
+                for row in rows[start : start + CHUNK]:
+                    args += [
+                        row.request_id,
+                        row.row,
+                        row.model,
+                        row.version,
+                        repr(row.value),
+                        repr(row.time),
+                        repr(row.expires),
+                    ]
+                self._put(args=args, client=pipe)
             pipe.execute()
         return PutResult({})
 
     def take(self, lookups: Sequence[Lookup], now: float) -> list[TakeResult]:
-        """One TAKE script per lookup, pipelined; each is atomic on the server."""
+        """TAKE scripts of CHUNK lookups each, pipelined; each call is atomic on the server."""
         with self._guard("read"):
             pipe = self._redis.pipeline(transaction=False)
-            for lookup in lookups:
-                self._take(
-                    keys=[
-                        self._key(lookup.request_id, lookup.row),
-                        self._key(lookup.request_id, 0),
-                        self._zset(lookup.model),
-                    ],
-                    args=[lookup.model, repr(now), self._remember_ms],
-                    client=pipe,
-                )
-            replies = pipe.execute()
+            for start in range(0, len(lookups), CHUNK):
+                args: list[str | int] = [self._prefix, repr(now), self._remember_ms]
+                for lookup in lookups[start : start + CHUNK]:
+                    args += [lookup.request_id, lookup.row, lookup.model]
+                self._take(args=args, client=pipe)
+            replies = [reply for chunk in pipe.execute() for reply in chunk]
         return [_result(lookup, reply) for lookup, reply in zip(lookups, replies, strict=True)]
 
     def sweep(self, now: float, models: Collection[str]) -> SweepResult:

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sidecar.labels.errors import StoreError
 from sidecar.labels.types import (
@@ -139,18 +140,10 @@ class SqliteStore:
         total = len(latest)
         evicted: Counter[str] = Counter()
         with self._transaction("write") as db:
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
-                marks = ",".join("(?,?)" for _ in chunk)
-                params = [v for key in chunk for v in key]
-                for model, state in db.execute(
-                    "SELECT model, state FROM predictions "  # noqa: S608 - only "(?,?)" marks
-                    f"WHERE (request_id, row) IN (VALUES {marks})",
-                    params,
-                ):
-                    total -= 1
-                    if state == PENDING:
-                        pending[model] -= 1
+            for model, state in self._select(db, "p.model, p.state", keys):
+                total -= 1
+                if state == PENDING:
+                    pending[model] -= 1
             db.executemany(
                 "INSERT OR REPLACE INTO predictions "
                 "(request_id, row, model, version, value, time, expires, state, forget_at) "
@@ -179,27 +172,37 @@ class SqliteStore:
         return PutResult(dict(evicted))
 
     def take(self, lookups: Sequence[Lookup], now: float) -> list[TakeResult]:
-        """Answer lookups in one transaction; matched rows become state 1 (labelled)."""
+        """Answer lookups in one transaction; matched rows become state 1 (labelled).
+
+        Rows are read in chunks (an indexed join against the keys), answered in
+        order in Python (a key twice in one batch: matched, then duplicate), and
+        the matched ones updated with one executemany.
+        """
+        keys = list(dict.fromkeys((lk.request_id, lk.row) for lk in lookups))
         results: list[TakeResult] = []
         taken: Counter[str] = Counter()
         with self._transaction("read") as db:
+            rows = {
+                (found[1], found[2]): list(found)
+                for found in self._select(
+                    db,
+                    "p.rowid, p.request_id, p.row, p.model, p.version, p.value, p.time, "
+                    "p.expires, p.state",
+                    keys,
+                )
+            }
+            misses = list(
+                dict.fromkeys((rid, 0) for rid, row in keys if row and (rid, row) not in rows)
+            )
+            known = {found[0] for found in self._select(db, "p.request_id", misses)}
+            updates: list[tuple[float, int]] = []
             for lookup in lookups:
-                found = db.execute(
-                    "SELECT rowid, model, version, value, time, expires, state FROM predictions "
-                    "WHERE request_id = ? AND row = ?",
-                    (lookup.request_id, lookup.row),
-                ).fetchone()
+                found = rows.get((lookup.request_id, lookup.row))
                 if found is None:
-                    exists = (
-                        lookup.row > 0
-                        and db.execute(
-                            "SELECT 1 FROM predictions WHERE request_id = ? AND row = 0",
-                            (lookup.request_id,),
-                        ).fetchone()
-                    )
-                    results.append(TakeResult(Found.BAD_ROW if exists else Found.UNKNOWN))
+                    bad = lookup.row > 0 and lookup.request_id in known
+                    results.append(TakeResult(Found.BAD_ROW if bad else Found.UNKNOWN))
                     continue
-                rowid, model, version, value, made, expires, state = found
+                rowid, _, _, model, version, value, made, expires, state = found
                 if model != lookup.model:
                     results.append(TakeResult(Found.WRONG_MODEL, other_model=model))
                 elif state == LABELED:
@@ -207,17 +210,32 @@ class SqliteStore:
                 elif state == EXPIRED or expires <= now:
                     results.append(TakeResult(Found.EXPIRED))
                 else:
-                    db.execute(
-                        "UPDATE predictions SET state = 1, forget_at = ? WHERE rowid = ?",
-                        (now + self._remember, rowid),
-                    )
+                    found[8] = LABELED
+                    updates.append((now + self._remember, rowid))
                     taken[model] += 1
                     prediction = StoredPrediction(
                         lookup.request_id, lookup.row, model, version, value, made, expires
                     )
                     results.append(TakeResult(Found.MATCHED, prediction))
+            db.executemany(
+                "UPDATE predictions SET state = 1, forget_at = ? WHERE rowid = ?", updates
+            )
         self._pending.subtract(taken)
         return results
+
+    @staticmethod
+    def _select(
+        db: sqlite3.Connection, columns: str, keys: Sequence[tuple[str, int]]
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``predictions`` (as ``p``) whose (request_id, row) is one of ``keys``."""
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            marks = ",".join("(?,?)" for _ in chunk)
+            yield from db.execute(
+                f"SELECT {columns} FROM (VALUES {marks}) AS k "  # noqa: S608 - marks and our columns
+                "JOIN predictions AS p ON p.request_id = k.column1 AND p.row = k.column2",
+                [v for key in chunk for v in key],
+            )
 
     def sweep(self, now: float, models: Collection[str]) -> SweepResult:
         """Mark pending rows past their TTL expired; delete rows past remember_seconds."""
