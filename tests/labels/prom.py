@@ -123,4 +123,6 @@ class PrometheusServer:
 
     def values(self, expr: str, by: str, at: float | None = None) -> dict[str, float]:
         """Query; the value of each series keyed by its label ``by``."""
-        return {item["metric"].get(by, ""): float(item["value"][1]) for item in self.query(expr, at)}
+        return {
+            item["metric"].get(by, ""): float(item["value"][1]) for item in self.query(expr, at)
+        }

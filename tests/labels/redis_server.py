@@ -36,18 +36,19 @@ class RedisServer:
     def start(self) -> None:
         """Start (or restart) the server and wait until it answers PING."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "save": "",
+            "appendonly": "no",
+            "dir": str(self.workdir),
+            "daemonize": "no",
+            "logfile": str(self._log),
+            "protected-mode": "yes",
+        }
+        argv = [REDIS_SERVER] + [arg for k, v in settings.items() for arg in (f"--{k}", v)]
         self._process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.workdir),
-                "--daemonize", "no",
-                "--logfile", str(self._log),
-                "--protected-mode", "yes",
-            ],  # fmt: skip
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

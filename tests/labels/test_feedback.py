@@ -107,9 +107,10 @@ def test_oversized_unary_batch_is_resource_exhausted(
     assert "max_batch_labels" in (err.value.details() or "")
     after = sample(registry, "sidecar_labels_received_total", model="chosen", outcome="unknown_id")
     assert after == before
-    assert client.outcomes([class_label(f"r{i}", "chosen", 0) for i in range(100)]) == [
-        "unknown_id"
-    ] * 100
+    assert (
+        client.outcomes([class_label(f"r{i}", "chosen", 0) for i in range(100)])
+        == ["unknown_id"] * 100
+    )
 
 
 def test_bad_input_is_answered_per_label_without_new_metric_values(
@@ -185,16 +186,23 @@ def test_memory_store_stays_bounded_under_a_flood(labels_repo: Path) -> None:
         watcher.start()
         x = np.zeros((20, 64))
         ids = [client.infer("digits", x)[0] for _ in range(50)]
-        wait_for("1000 rows recorded", lambda: sample(
-            registry, "sidecar_predictions_recorded_total", model="digits", version="1") == 1000)
+        wait_for(
+            "1000 rows recorded",
+            lambda: (
+                sample(registry, "sidecar_predictions_recorded_total", model="digits", version="1")
+                == 1000
+            ),
+        )
         done.set()
         watcher.join()
         assert largest <= 200
         assert len(labels.store) == 200  # type: ignore[arg-type]
         assert sample(registry, "sidecar_predictions_dropped_total", model="digits",
                       reason="evicted") == 800  # fmt: skip
-        wait_for("pending gauge at the bound", lambda: sample(
-            registry, "sidecar_pending_predictions", model="digits") == 200)
+        wait_for(
+            "pending gauge at the bound",
+            lambda: sample(registry, "sidecar_pending_predictions", model="digits") == 200,
+        )
         # the newest predictions are the ones kept
         assert client.outcomes([class_label(ids[-1], "digits", 0, row=19)]) == ["matched"]
         assert client.outcomes([class_label(ids[0], "digits", 0, row=0)]) == ["unknown_id"]
@@ -202,10 +210,10 @@ def test_memory_store_stays_bounded_under_a_flood(labels_repo: Path) -> None:
 
 def test_labels_can_be_switched_off(labels_repo: Path) -> None:
     parts = AppParts()
-    with running_server(server_config(labels_repo, labels={"enabled": False}), parts) as srv:
-        with Client(srv.address) as client:
-            client.infer("digits", np.zeros((1, 64)))
-            with pytest.raises(grpc.RpcError) as err:
-                client.send([class_label("x", "digits", 0)])
-            assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    config = server_config(labels_repo, labels={"enabled": False})
+    with running_server(config, parts) as srv, Client(srv.address) as client:
+        client.infer("digits", np.zeros((1, 64)))
+        with pytest.raises(grpc.RpcError) as err:
+            client.send([class_label("x", "digits", 0)])
+        assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
     assert not label_values(parts.registry, "sidecar_labels_received_total", "model")

@@ -91,9 +91,15 @@ def test_classification_match_counts_the_pair() -> None:
     confusion = {"model": "clf", "version": "1", "actual": "cat", "predicted": "dog"}
     assert sample(registry, "sidecar_confusion_matrix_total", **confusion) == 1
     outcome = "sidecar_class_outcomes_total"
-    assert sample(registry, outcome, model="clf", version="1", **{"class": "cat"}, outcome="fn") == 1
-    assert sample(registry, outcome, model="clf", version="1", **{"class": "dog"}, outcome="fp") == 1
-    assert sample(registry, outcome, model="clf", version="1", **{"class": "eel"}, outcome="tp") == 1
+    assert (
+        sample(registry, outcome, model="clf", version="1", **{"class": "cat"}, outcome="fn") == 1
+    )
+    assert (
+        sample(registry, outcome, model="clf", version="1", **{"class": "dog"}, outcome="fp") == 1
+    )
+    assert (
+        sample(registry, outcome, model="clf", version="1", **{"class": "eel"}, outcome="tp") == 1
+    )
     assert sample(registry, "sidecar_label_delay_seconds_sum", model="clf") == 84.0
     assert sample(registry, "sidecar_labels_received_total", model="clf", outcome="matched") == 2
 

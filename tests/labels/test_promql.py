@@ -1,4 +1,4 @@
-"""The documented PromQL, evaluated by a real Prometheus scraping a real server, equals scikit-learn.
+"""The documented PromQL, computed by a real Prometheus scraping a real server, equals sklearn.
 
 A seeded confusion scenario (a fake classifier that predicts what the test
 tells it), the bundled digits classifier on its hold-out set, and the bundled
@@ -197,4 +197,3 @@ def test_documented_promql_equals_scikit_learn(labels_repo: Path) -> None:
         finally:
             httpd.shutdown()
             httpd.server_close()
-

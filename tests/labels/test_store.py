@@ -26,9 +26,7 @@ StoreFactory = Callable[..., PredictionStore]
 
 
 @pytest.fixture(params=BACKENDS)
-def make_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[StoreFactory]:
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """A factory of opened stores of one backend; all closed after the test."""
     made: list[PredictionStore] = []
     prefix = f"test{next(_prefixes)}:"
@@ -117,8 +115,10 @@ def test_remembered_keys_are_forgotten(make_store: StoreFactory) -> None:
         store.sweep(now + 0.3, ["m"])
         wait_for(
             "Redis to drop remembered keys",
-            lambda: found(store, time.time(), Lookup("a", 0, "m"), Lookup("b", 0, "m"))
-            == [Found.UNKNOWN] * 2,
+            lambda: (
+                found(store, time.time(), Lookup("a", 0, "m"), Lookup("b", 0, "m"))
+                == [Found.UNKNOWN] * 2
+            ),
             timeout=10,
         )
     else:
@@ -128,9 +128,9 @@ def test_remembered_keys_are_forgotten(make_store: StoreFactory) -> None:
             Found.EXPIRED,
         ]
         store.sweep(now + 0.3 + REMEMBER, ["m"])
-        assert found(store, now + 1, Lookup("a", 0, "m"), Lookup("b", 0, "m")) == [
-            Found.UNKNOWN
-        ] * 2
+        assert (
+            found(store, now + 1, Lookup("a", 0, "m"), Lookup("b", 0, "m")) == [Found.UNKNOWN] * 2
+        )
         assert len(store) == 0  # type: ignore[arg-type]
 
 

@@ -119,7 +119,7 @@ def test_outputs_that_are_not_one_value_per_row_are_skipped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = FlakyStore()
-    worker, registry, _, reg, clock = make(store)
+    worker, _, _, reg, clock = make(store)
     with caplog.at_level(logging.ERROR, logger="sidecar.labels.worker"):
         for i in range(2):
             worker.submit(f"r{i}", reg, "1", np.zeros((2, 2), dtype=np.float32), 2, clock.now)
