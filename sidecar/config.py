@@ -154,7 +154,9 @@ class LabelStoreConfig(_Section):
     """Where predictions wait for their delayed labels (docs/labels.md)."""
 
     enabled: bool = Field(True, description="record predictions and serve FeedbackService")
-    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    backend: Literal["memory", "sqlite", "redis"] = Field(
+        "memory", description="memory (one process), sqlite (survives restarts), redis (shared)"
+    )
     path: Path | None = Field(None, description="sqlite: the database file")
     url: str | None = Field(None, description="redis: redis://host:port/db (or rediss://, unix://)")
     key_prefix: str = Field("sidecar:labels:", min_length=1, description="redis: key namespace")
@@ -180,8 +182,12 @@ class LabelStoreConfig(_Section):
         10_000, ge=1, description="labels per SendLabels call; more is RESOURCE_EXHAUSTED"
     )
     timeout_seconds: float = Field(1.0, gt=0, description="redis: connect and socket timeout")
-    delay_buckets: tuple[float, ...] = DEFAULT_LABEL_DELAY_BUCKETS
-    error_buckets: tuple[float, ...] = DEFAULT_LABEL_ERROR_BUCKETS
+    delay_buckets: tuple[float, ...] = Field(
+        DEFAULT_LABEL_DELAY_BUCKETS, description="label_delay_seconds buckets (seconds)"
+    )
+    error_buckets: tuple[float, ...] = Field(
+        DEFAULT_LABEL_ERROR_BUCKETS, description="label_absolute_error buckets (model's unit)"
+    )
 
     _buckets = field_validator("delay_buckets", "error_buckets")(
         classmethod(lambda cls, v: _check_buckets(v))
@@ -295,7 +301,9 @@ class LabelsConfig(_Section):
 
     enabled: bool = Field(True, description="keep predictions of this model for labels")
     ttl_seconds: float | None = Field(
-        None, gt=0, description="how long a prediction waits; None: the server's labels.ttl"
+        None,
+        gt=0,
+        description="how long a prediction waits; None: labels.ttl_seconds of the server",
     )
     output: str | None = Field(
         None, description="regression: output labels compare to (default: the first)"
