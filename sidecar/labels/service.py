@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from sidecar.errors import ResourceExhaustedError
-from sidecar.labels.join import Label, LabelOutcome
+from sidecar.labels.join import Label
 from sidecar.labels.worker import StoreWorker
 from sidecar.proto import feedback_pb2 as fb
 from sidecar.proto import feedback_pb2_grpc as fb_grpc
@@ -90,11 +90,3 @@ class FeedbackRegistrar:
         """Register; return the service's full name for reflection."""
         fb_grpc.add_FeedbackServiceServicer_to_server(self._servicer, server)
         return [fb.DESCRIPTOR.services_by_name["FeedbackService"].full_name]
-
-
-def summarize(outcomes: Sequence[LabelOutcome]) -> dict[str, int]:
-    """Outcome name → how many labels had it."""
-    counts = dict.fromkeys(_OUTCOMES, 0)
-    for outcome in outcomes:
-        counts[outcome.outcome] += 1
-    return counts

@@ -161,17 +161,28 @@ class StoreWorker:
                         self._closed = True
                 now = monotonic()
                 if takes or stopping or now >= next_flush:
-                    self.flush()
+                    self._guarded(self.flush)
                     next_flush = now + self._flush_interval
                 for labels, future in takes:
                     self._answer(labels, future)
                 if stopping:
                     break
                 if now >= next_sweep:
-                    self.sweep()
+                    self._guarded(self.sweep)
                     next_sweep = now + self._sweep_interval
         finally:
-            self._store.close()
+            try:
+                self._store.close()
+            except Exception:
+                log.exception("closing the label store failed")
+
+    @staticmethod
+    def _guarded(step: Callable[[], None]) -> None:
+        """Run a step; a bug in it is logged and the worker goes on (labels must not hang)."""
+        try:
+            step()
+        except Exception:
+            log.exception("label store worker: %s failed", step.__name__)
 
     def flush(self) -> None:
         """Write every queued prediction in one store call (worker thread only)."""
@@ -189,7 +200,7 @@ class StoreWorker:
         started = time.perf_counter()
         try:
             result = self._store.put(rows, self._clock())
-        except StoreError as exc:
+        except Exception as exc:  # StoreError, or a bug: either way the rows are lost
             self._failed("write", exc)
             for (model, _), n in recorded.items():
                 self._metrics.dropped_rows(model, "store_error", n)
@@ -257,7 +268,7 @@ class StoreWorker:
         """Expire predictions past their TTL and refresh the pending gauge."""
         try:
             result = self._store.sweep(self._clock(), self._joiner.models)
-        except StoreError as exc:
+        except Exception as exc:
             self._failed("sweep", exc)
             return
         self._recovered("sweep")
@@ -268,8 +279,11 @@ class StoreWorker:
         for model, n in result.pending.items():
             self._metrics.set_pending(model, n)
 
-    def _failed(self, operation: str, exc: StoreError) -> None:
+    def _failed(self, operation: str, exc: Exception) -> None:
         self._metrics.store_error(operation)
+        if not isinstance(exc, StoreError):  # not the backend: a bug, always with its traceback
+            log.error("label store %s failed unexpectedly", operation, exc_info=exc)
+            return
         now = time.monotonic()
         last = self._failing.get(operation)
         if last is None or now - last >= LOG_EVERY:

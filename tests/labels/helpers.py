@@ -6,7 +6,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -128,8 +128,3 @@ def samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str
 def label_values(registry: CollectorRegistry, name: str, label: str) -> set[str]:
     """Every value ``label`` takes in the samples named ``name``."""
     return {dict(k)[label] for k in samples(registry, name) if label in dict(k)}
-
-
-def kwargs(**values: Any) -> dict[str, Any]:
-    """Spelled-out keyword arguments (for readability in parametrized tests)."""
-    return values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from sidecar.labels.errors import StoreUnavailableError
 from sidecar.labels.join import Label, LabelJoiner, ModelSpec
 from sidecar.labels.store import PredictionStore
 from sidecar.labels.store_sqlite import SqliteStore
-from sidecar.labels.types import Lookup
+from sidecar.labels.types import Lookup, PutResult, StoredPrediction
 from sidecar.labels.worker import StoreWorker
 from tests.labels.fakes import FlakyStore
 from tests.labels.helpers import sample
@@ -173,3 +174,42 @@ def test_label_batch_during_store_outage_is_unavailable() -> None:
     asyncio.run(scenario())
     assert sample(registry, "sidecar_label_store_errors_total", backend="flaky",
                   operation="read") == 1  # fmt: skip
+
+
+class BuggyStore(FlakyStore):
+    """Raises a plain exception (not a StoreError) from its next write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bug = True
+
+    def put(self, rows: Sequence[StoredPrediction], now: float) -> PutResult:
+        if self.bug:
+            self.bug = False
+            raise RuntimeError("a bug in the store")
+        return super().put(rows, now)
+
+
+def test_a_bug_in_the_store_loses_its_rows_not_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = BuggyStore()
+    worker, registry, clf, _, clock = make(store)
+
+    async def scenario() -> None:
+        await worker.start()
+        try:
+            worker.submit("lost", clf, "1", scores(1), 1, clock.now)
+            outcomes = await worker.join([Label("lost", "clf", 0, "class_name", "b")])
+            assert [o.outcome for o in outcomes] == ["unknown_id"]
+            worker.submit("kept", clf, "1", scores(1), 1, clock.now)
+            outcomes = await worker.join([Label("kept", "clf", 0, "class_name", "b")])
+            assert [o.outcome for o in outcomes] == ["matched"]
+        finally:
+            await worker.stop()
+
+    with caplog.at_level(logging.ERROR, logger="sidecar.labels.worker"):
+        asyncio.run(scenario())
+    assert any(r.exc_info and "a bug in the store" in str(r.exc_info[1]) for r in caplog.records)
+    assert sample(registry, "sidecar_predictions_dropped_total", model="clf",
+                  reason="store_error") == 1  # fmt: skip
