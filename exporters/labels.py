@@ -162,8 +162,13 @@ class LabelMetrics:
 
     # ------------------------------------------------------------------ updates
 
-    def prepare_model(self, model: str, version: str, class_names: Sequence[str]) -> None:
-        """Create a model version's series at zero, so rates and ratios exist from the start."""
+    def prepare_model(
+        self, model: str, version: str, class_names: Sequence[str], confusion: bool = False
+    ) -> None:
+        """Create a model version's series at zero, so rates and ratios exist from the start.
+
+        With ``confusion`` the whole classes × classes matrix is created too.
+        """
         for outcome in OUTCOMES:
             self._counter(self.received, "received", (model, outcome))
         for reason in DROP_REASONS:
@@ -178,6 +183,11 @@ class LabelMetrics:
             for name in class_names:
                 for outcome in CLASS_OUTCOMES:
                     self._counter(self.class_outcomes, "class", (model, version, name, outcome))
+                if confusion:
+                    for predicted in class_names:
+                        self._counter(
+                            self.confusion, "confusion", (model, version, name, predicted)
+                        )
         else:
             self._histogram(self.abs_error, "abs_error", (model, version))
             self._counter(self.squared_error, "squared_error", (model, version))

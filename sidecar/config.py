@@ -291,6 +291,10 @@ class RegressionConfig(_Section):
     buckets: tuple[float, ...] | None = Field(None, description="output_value histogram buckets")
 
 
+#: Up to this many classes a model exports its confusion matrix unless told otherwise.
+CONFUSION_MATRIX_MAX_CLASSES = 50
+
+
 class LabelsConfig(_Section):
     """Delayed labels for this model: how long predictions wait, which values are valid.
 
@@ -310,8 +314,10 @@ class LabelsConfig(_Section):
     )
     min_value: float | None = Field(None, description="regression: smallest valid label")
     max_value: float | None = Field(None, description="regression: largest valid label")
-    confusion_matrix: bool = Field(
-        True, description="export confusion_matrix_total (classes² series per version)"
+    confusion_matrix: bool | None = Field(
+        None,
+        description="export confusion_matrix_total (classes² series per version); "
+        f"None: when the model has at most {CONFUSION_MATRIX_MAX_CLASSES} classes",
     )
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exporters.labels import OTHER, LabelMetrics
-from sidecar.config import MonitoringConfig
+from sidecar.config import CONFUSION_MATRIX_MAX_CLASSES, MonitoringConfig
 from sidecar.errors import quote
 from sidecar.labels.store import PredictionStore
 from sidecar.labels.types import Found, Lookup, TakeResult
@@ -75,7 +75,11 @@ class ModelSpec:
                 monitoring.classification.output,
                 ttl,
                 class_names=monitoring.classification.class_names,
-                confusion_matrix=labels.confusion_matrix,
+                confusion_matrix=(
+                    labels.confusion_matrix
+                    if labels.confusion_matrix is not None
+                    else len(monitoring.classification.class_names) <= CONFUSION_MATRIX_MAX_CLASSES
+                ),
             )
         if monitoring.task == "regression" and monitoring.regression is not None:
             return cls(

@@ -55,7 +55,9 @@ class PredictionRecorder(BaseListener):
             return
         self._joiner.register(spec)
         self._specs[model] = spec
-        self._metrics.prepare_model(model.name, model.version, spec.class_names)
+        self._metrics.prepare_model(
+            model.name, model.version, spec.class_names, confusion=spec.confusion_matrix
+        )
         log.info(
             "model %s version %s: keeping %s predictions %gs for labels",
             model.name,

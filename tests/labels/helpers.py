@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from sidecar.app import AppParts
 from sidecar.examples import MODEL_REPOSITORY
 from sidecar.proto import feedback_pb2 as fb
 from sidecar.proto import feedback_pb2_grpc as fb_grpc
@@ -107,6 +108,11 @@ def class_label(request_id: str, model: str, value: str | int, row: int = 0) -> 
 def number_label(request_id: str, model: str, value: float, row: int = 0) -> fb.Label:
     """A regression label."""
     return fb.Label(request_id=request_id, model_name=model, row=row, number=value)
+
+
+def registry_of(parts: AppParts) -> CollectorRegistry:
+    """The registry the server built from ``parts`` exports its label metrics to."""
+    return parts.registry
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

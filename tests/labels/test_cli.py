@@ -13,7 +13,7 @@ import pytest
 from sidecar.app import AppParts
 from sidecar.cli import main
 from tests.helpers import ServerThread, running_server, server_config
-from tests.labels.helpers import Client, sample
+from tests.labels.helpers import Client, registry_of, sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_send_reports_every_line(
         "nobody,digits,0,one,,\n"  # line 9: unknown id
         f"{digits_id},digits,0,eleven,,\n"  # line 10: not a class
     )
-    before = sample(parts.registry, "sidecar_labels_received_total", model="digits",
+    before = sample(registry_of(parts), "sidecar_labels_received_total", model="digits",
                     outcome="matched")  # fmt: skip
     code = main(["labels", "send", str(csv), "--address", server.address, "--batch-size", "3"])
     out, err = capsys.readouterr()
@@ -57,7 +57,7 @@ def test_send_reports_every_line(
     assert f"{csv}:8: not sent: row must be a whole number" in err
     assert f"{csv}:9: unknown_id:" in err
     assert f"{csv}:10: invalid: class 'eleven' is not a class" in err
-    after = sample(parts.registry, "sidecar_labels_received_total", model="digits",
+    after = sample(registry_of(parts), "sidecar_labels_received_total", model="digits",
                    outcome="matched")  # fmt: skip
     assert after - before == 3
 

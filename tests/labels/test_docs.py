@@ -17,19 +17,20 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
     section = section.split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
+        if not re.match(r"^\|\s*`sidecar_", line):
+            continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0].startswith("sidecar_"):
-            labels = frozenset(re.split(r",\s*", cells[2])) - {"—"}
-            rows[cells[0]] = (cells[1], labels)
+        assert len(cells) == 5 and all(cells[i] for i in (0, 1, 3, 4)), line
+        labels = frozenset(x.strip() for x in cells[2].split(",") if x.strip())
+        rows[cells[0].strip("`")] = (cells[1], labels)
     return rows
 
 
 def exported() -> dict[str, tuple[str, frozenset[str]]]:
     registry = CollectorRegistry()
     metrics = LabelMetrics(registry, (1.0,), (1.0,), "memory")
-    metrics.prepare_model("clf", "1", ("a", "b"))
+    metrics.prepare_model("clf", "1", ("a", "b"), confusion=True)
     metrics.prepare_model("reg", "1", ())
-    metrics.classified("clf", "1", "a", "b", 1.0, confusion=True)
     found = {}
     for family in registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
@@ -42,6 +43,18 @@ def exported() -> dict[str, tuple[str, frozenset[str]]]:
 
 def test_metrics_table_matches_the_registry() -> None:
     assert documented() == exported()
+
+
+def test_every_family_has_samples_from_the_start() -> None:
+    registry = CollectorRegistry()
+    metrics = LabelMetrics(registry, (1.0,), (1.0,), "memory")
+    metrics.prepare_model("clf", "1", ("a", "b", "c"), confusion=True)
+    metrics.prepare_model("reg", "1", ())
+    empty = [f.name for f in registry.collect() if not f.samples]
+    assert empty == []
+    cells = [s for f in registry.collect() for s in f.samples
+             if s.name == "sidecar_confusion_matrix_total"]  # fmt: skip
+    assert len(cells) == 9 and all(s.value == 0 for s in cells)
 
 
 def test_labels_doc_names_every_config_field() -> None:

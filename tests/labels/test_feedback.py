@@ -25,6 +25,7 @@ from tests.labels.helpers import (
     class_label,
     label_values,
     number_label,
+    registry_of,
     sample,
     wait_for,
 )
@@ -57,7 +58,7 @@ def client(served: tuple[ServerThread, AppParts]) -> Iterator[Client]:
 def test_each_row_of_a_batch_is_labelled(
     served: tuple[ServerThread, AppParts], client: Client, labels_repo: Path
 ) -> None:
-    registry = served[1].registry
+    registry = registry_of(served[1])
     x = np.load(labels_repo / "digits" / "holdout_features.npy")[:40]
     y = np.load(labels_repo / "digits" / "holdout_labels.npy")[:40]
     request_id, outputs = client.infer("digits", x, request_id="batch-of-forty")
@@ -99,7 +100,7 @@ def test_stream_answers_with_a_summary(
 def test_oversized_unary_batch_is_resource_exhausted(
     served: tuple[ServerThread, AppParts], client: Client
 ) -> None:
-    registry = served[1].registry
+    registry = registry_of(served[1])
     before = sample(registry, "sidecar_labels_received_total", model="chosen", outcome="unknown_id")
     with pytest.raises(grpc.RpcError) as err:
         client.send([class_label(f"r{i}", "chosen", 0) for i in range(101)])
@@ -117,7 +118,7 @@ def test_oversized_unary_batch_is_resource_exhausted(
 def test_bad_input_is_answered_per_label_without_new_metric_values(
     served: tuple[ServerThread, AppParts], client: Client
 ) -> None:
-    registry = served[1].registry
+    registry = registry_of(served[1])
     clf_id, _ = client.infer("chosen", np.array([[1], [2]]))
     reg_id, _ = client.infer("diabetes", np.zeros((1, 10)))
     batch = [
@@ -154,7 +155,7 @@ def test_predictions_expire_after_their_ttl(labels_repo: Path) -> None:
     parts = AppParts()
     config = server_config(labels_repo, labels={**FAST, "ttl_seconds": 0.3})
     with running_server(config, parts) as srv, Client(srv.address) as client:
-        registry = parts.registry
+        registry = registry_of(parts)
         request_id, _ = client.infer("digits", np.zeros((3, 64)))
         wait_for(
             "3 predictions to expire",
@@ -170,7 +171,7 @@ def test_memory_store_stays_bounded_under_a_flood(labels_repo: Path) -> None:
     parts = AppParts()
     config = server_config(labels_repo, labels={**FAST, "max_entries": 200})
     with running_server(config, parts) as srv, Client(srv.address) as client:
-        registry = parts.registry
+        registry = registry_of(parts)
         labels = next(s for s in parts.services if isinstance(s, Labels))
         store = labels.store
         assert isinstance(store, MemoryStore)
@@ -217,4 +218,4 @@ def test_labels_can_be_switched_off(labels_repo: Path) -> None:
         with pytest.raises(grpc.RpcError) as err:
             client.send([class_label("x", "digits", 0)])
         assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert not label_values(parts.registry, "sidecar_labels_received_total", "model")
+    assert not label_values(registry_of(parts), "sidecar_labels_received_total", "model")

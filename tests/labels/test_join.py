@@ -73,6 +73,24 @@ def test_spec_from_config() -> None:
     assert spec is not None and spec.output == "b" and spec.ttl_seconds == 5.0
 
 
+@pytest.mark.parametrize(
+    ("classes", "setting", "exported"),
+    [(3, None, True), (50, None, True), (51, None, False), (51, True, True), (3, False, False)],
+)
+def test_confusion_matrix_by_default_only_for_few_classes(
+    classes: int, setting: bool | None, exported: bool
+) -> None:
+    monitoring = MonitoringConfig.model_validate(
+        {
+            "task": "classification",
+            "classification": {"output": "p", "class_names": [f"c{i}" for i in range(classes)]},
+            "labels": {"confusion_matrix": setting},
+        }
+    )
+    spec = ModelSpec.from_config("m", monitoring, 10.0)
+    assert spec is not None and spec.confusion_matrix is exported
+
+
 def test_classification_match_counts_the_pair() -> None:
     joiner, store, registry = make()
     put(store, "r1", "clf", 1.0)  # predicted dog

@@ -29,7 +29,7 @@ from sidecar.app import AppParts
 from sidecar.config import ModelConfig
 from tests.helpers import free_port, running_server, server_config
 from tests.labels.fakes import ChosenClassRuntime
-from tests.labels.helpers import Client, class_label, number_label, wait_for
+from tests.labels.helpers import Client, class_label, number_label, registry_of, wait_for
 from tests.labels.prom import PrometheusServer
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
@@ -74,7 +74,7 @@ def test_documented_promql_equals_scikit_learn(labels_repo: Path) -> None:
     fake = ("scenario", ChosenClassRuntime(len(CLASSES)), SCENARIO)
     metrics_port = free_port()
     with running_server(config, parts, fakes=[fake]) as srv, Client(srv.address) as client:
-        httpd, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=parts.registry)
+        httpd, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry_of(parts))
         try:
             with PrometheusServer([f"127.0.0.1:{metrics_port}"], scrape_interval="500ms") as prom:
                 # every series starts at zero in Prometheus before the first label arrives

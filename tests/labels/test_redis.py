@@ -17,7 +17,7 @@ from sidecar.config import LabelStoreConfig
 from sidecar.errors import MissingDependencyError
 from sidecar.labels.store import create_store
 from tests.helpers import running_server, server_config
-from tests.labels.helpers import Client, class_label, number_label, sample, wait_for
+from tests.labels.helpers import Client, class_label, number_label, registry_of, sample, wait_for
 from tests.labels.process import ServerProcess
 from tests.labels.redis_server import RedisServer
 
@@ -113,7 +113,7 @@ def test_redis_outage_keeps_serving_and_recovers(labels_repo: Path, tmp_path: Pa
         }
         config = server_config(labels_repo, labels=labels)
         with running_server(config, parts) as srv, Client(srv.address) as client:
-            registry = parts.registry
+            registry = registry_of(parts)
             rid, _ = client.infer("digits", np.zeros((1, 64)))
             assert client.outcomes([class_label(rid, "digits", 0)]) == ["matched"]
 
