@@ -4,7 +4,9 @@
 nothing is registered at import. Label values are whatever the caller passes,
 and the caller (``sidecar.labels``) passes only configured names: model names
 and class names from configuration, a fixed set of outcomes and reasons, and
-``OTHER`` for anything a client sent that is not configured.
+``OTHER`` for a stored class or version this server does not know, and
+``UNKNOWN_MODEL`` (empty: no model directory has an empty name, so it never
+mixes with a real model) for a label naming a model that is not configured.
 
 Children are cached per label tuple: the join calls these methods once per
 label, from a background thread, so a dict lookup replaces prometheus_client's
@@ -22,6 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: The value used for anything a client sent that is not a configured name.
 OTHER: Final = "other"
+#: The ``model`` value of labels that name a model this server does not have.
+UNKNOWN_MODEL: Final = ""
 #: Outcomes of one received label (the FeedbackService reply says the same).
 OUTCOMES: Final = ("matched", "unknown_id", "expired", "duplicate", "invalid")
 #: Why a prediction left the store without a label, other than its TTL.

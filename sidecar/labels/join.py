@@ -5,7 +5,7 @@ an outcome of its own (a bad label never fails the rest of its batch), and
 metrics are updated only after the store answered, so a batch refused because
 the store is down (UNAVAILABLE, retried by the client) is not counted twice.
 Metric label values come from configuration: a label naming a model this
-server does not know is counted under ``model="other"``.
+server does not know is counted under ``model=""`` (as the serving metrics do).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from exporters.labels import OTHER, LabelMetrics
+from exporters.labels import OTHER, UNKNOWN_MODEL, LabelMetrics
 from sidecar.config import CONFUSION_MATRIX_MAX_CLASSES, MonitoringConfig
 from sidecar.errors import quote
 from sidecar.labels.store import PredictionStore
@@ -152,7 +152,7 @@ class LabelJoiner:
         final: list[LabelOutcome] = []
         for label, outcome in zip(labels, outcomes, strict=True):
             assert outcome is not None
-            model = label.model if label.model in self._known else OTHER
+            model = label.model if label.model in self._known else UNKNOWN_MODEL
             self._metrics.label_outcome(model, outcome.outcome)
             final.append(outcome)
         return final

@@ -165,7 +165,7 @@ def test_bad_label_is_invalid_alone(label: Label, why: str) -> None:
     assert outcomes[0].outcome == "invalid"
     assert why in outcomes[0].detail
     assert outcomes[1].outcome == "matched"  # the rest of the batch is unaffected
-    model = label.model if label.model in ("clf", "reg", "plain") else "other"
+    model = label.model if label.model in ("clf", "reg", "plain") else ""
     assert sample(registry, "sidecar_labels_received_total", model=model, outcome="invalid") == 1
 
 
@@ -197,11 +197,11 @@ def test_junk_never_makes_new_label_values() -> None:
     junk += [Label("r1", "clf", 0, "class_name", f"class-{i}") for i in range(50)]
     assert {o.outcome for o in joiner.join(junk)} == {"invalid"}
     assert label_values(registry, "sidecar_labels_received_total", "model") == {
-        "clf", "reg", "other",
+        "clf", "reg", "",
     }  # fmt: skip
     assert label_values(registry, "sidecar_labels_received_total", "outcome") == set(OUTCOMES)
     assert label_values(registry, "sidecar_class_outcomes_total", "class") == set(CLASSES)
-    assert sample(registry, "sidecar_labels_received_total", model="other", outcome="invalid") == 50
+    assert sample(registry, "sidecar_labels_received_total", model="", outcome="invalid") == 50
 
 
 def test_a_store_failure_counts_nothing() -> None:

@@ -143,7 +143,7 @@ def test_documented_promql_equals_scikit_learn(labels_repo: Path) -> None:
                     .get("", 0.0) > done + 0.01, timeout=20)  # fmt: skip
                 received = prom.values("sum by (model) (sidecar_labels_received_total)", "model")
                 assert received == {"scenario": 923.0, "digits": 300.0, "diabetes": 120.0,
-                                    "other": 1.0}  # fmt: skip
+                                    "": 1.0}  # fmt: skip
 
                 def per(name: str, model: str, by: str = "model") -> dict[str, float]:
                     result = prom.query(queries[name])
