@@ -81,7 +81,7 @@ class ArrayHistogram(Collector):
         documentation: str,
         labelnames: Sequence[str],
         buckets: Sequence[float],
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None = None,
         unit: str = "",
     ) -> None:
         if "le" in labelnames:
@@ -93,7 +93,8 @@ class ArrayHistogram(Collector):
         self._bounds = _bounds(name, buckets)
         self._children: dict[tuple[str, ...], ArrayHistogramChild] = {}
         self._lock = threading.Lock()
-        registry.register(self)
+        if registry is not None:  # None: a collector that owns this family collects it
+            registry.register(self)
 
     @property
     def buckets(self) -> tuple[float, ...]:

@@ -5,7 +5,9 @@ import, and nothing here touches prometheus_client's global default registry.
 ``SidecarMetrics.model(...)`` returns a ``ModelMetrics``: the label children of
 one model version, resolved once when the model loads, so that observing a
 request is a few attribute reads and counter increments (microseconds), not a
-label lookup per request.
+label lookup per request. Output distributions (classes, confidence,
+regression values, NaN counts) are analysed off the request path by
+``exporters.outputs.OutputCollector``.
 
 Label values come from configuration, from the model file, or from fixed sets
 in the server (gRPC status names, refusal reasons); never from client input. A
@@ -28,30 +30,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporters.histogram import ArrayHistogram
+from exporters.outputs import OutputCollector, OutputMonitoring
 
 PREFIX = "sidecar_"
 
 #: ``model`` label value of requests that named no served model (and of
 #: refusals before a model was resolved). No model directory can have this name.
 UNKNOWN_MODEL = ""
-#: ``class`` label value of a predicted class index outside ``class_names``.
-OTHER_CLASS = "other"
-
 #: Rows per executed batch.
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (
     1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536,
 )  # fmt: skip
-#: Top-class probability.
-CONFIDENCE_BUCKETS: tuple[float, ...] = (
-    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99,
-)  # fmt: skip
-#: Regression output values when the model's config gives no buckets: decades
-#: either side of zero. Configure ``monitoring.regression.buckets`` for real use.
-DEFAULT_OUTPUT_BUCKETS: tuple[float, ...] = (
-    -1e4, -1e3, -100.0, -10.0, -1.0, -0.1, -0.01, 0.0, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4,
-)  # fmt: skip
-
 _MODEL = ("model", "version")
 
 
@@ -69,18 +58,6 @@ class ModelFacts:
     size_bytes: int
     load_seconds: float
     operators: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class OutputMonitoring:
-    """What to watch in a model's outputs (from its monitoring config and signature)."""
-
-    float_outputs: tuple[str, ...] = ()  # checked for NaN/Inf
-    classification_output: str | None = None
-    class_names: tuple[str, ...] = ()
-    logits: bool = False  # scores are logits: softmax before taking the top probability
-    regression_outputs: tuple[str, ...] = ()
-    regression_buckets: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,33 +206,8 @@ class SidecarMetrics:
             registry=r,
         )
 
-        # outputs (histograms take whole arrays: see exporters.histogram)
-        self.predictions = Counter(
-            f"{p}predictions_total",
-            "Predicted classes (argmax of the scores) of classification models.",
-            [*_MODEL, "class"],
-            registry=r,
-        )
-        self.prediction_confidence = ArrayHistogram(
-            f"{p}prediction_confidence",
-            "Top-class probability of each classified row (softmax of logits when so configured).",
-            _MODEL,
-            CONFIDENCE_BUCKETS,
-            registry=r,
-        )
-        self.output_value = ArrayHistogram(
-            f"{p}output_value",
-            "Values of regression outputs (buckets: monitoring.regression.buckets).",
-            [*_MODEL, "output"],
-            DEFAULT_OUTPUT_BUCKETS,
-            registry=r,
-        )
-        self.nonfinite_outputs = Counter(
-            f"{p}nonfinite_outputs_total",
-            "NaN or infinite elements in model outputs.",
-            [*_MODEL, "output"],
-            registry=r,
-        )
+        # outputs: analysed off the request path (see exporters.outputs)
+        self.outputs = OutputCollector(r)
 
         # build
         self.build_info = Gauge(
@@ -374,18 +326,12 @@ class ModelMetrics(RequestCounters):
 
     __slots__ = (
         "_batch",
-        "_classes",
-        "_classifier",
         "_compute",
-        "_confidence",
         "_duration",
-        "_logits",
-        "_metrics",
-        "_nonfinite",
         "_ok",
-        "_other",
+        "_output_stats",
+        "_outputs",
         "_queue",
-        "_regression",
         "_samples",
     )
 
@@ -393,40 +339,14 @@ class ModelMetrics(RequestCounters):
         self, metrics: SidecarMetrics, name: str, version: str, monitoring: OutputMonitoring
     ) -> None:
         super().__init__(metrics, name, version)
-        self._metrics = metrics
         self._ok = self._code("OK")
         self._samples = metrics.samples.labels(name, version)
         self._duration = metrics.request_duration.labels(name, version)
         self._queue = metrics.queue_duration.labels(name, version)
         self._compute = metrics.compute_duration.labels(name, version)
         self._batch = metrics.batch_size.labels(name, version)
-        # every float output, and the monitored ones whatever their type: values
-        # that reach a histogram must be finite, or its _sum turns NaN for good
-        checked = dict.fromkeys(monitoring.float_outputs)
-        if monitoring.classification_output is not None:
-            checked.setdefault(monitoring.classification_output)
-        checked.update(dict.fromkeys(monitoring.regression_outputs))
-        self._nonfinite = {
-            out: metrics.nonfinite_outputs.labels(name, version, out) for out in checked
-        }
-        self._classifier = monitoring.classification_output
-        self._logits = monitoring.logits
-        self._classes = [
-            metrics.predictions.labels(name, version, c) for c in monitoring.class_names
-        ]
-        self._other: Counter | None = None
-        self._confidence = (
-            metrics.prediction_confidence.labels(name, version) if self._classifier else None
-        )
-        self._regression = tuple(
-            (
-                out,
-                metrics.output_value.labels(
-                    name, version, out, buckets=monitoring.regression_buckets
-                ),
-            )
-            for out in monitoring.regression_outputs
-        )
+        self._outputs = metrics.outputs
+        self._output_stats = metrics.outputs.stats(name, version, monitoring)
 
     def request_done(
         self,
@@ -437,7 +357,10 @@ class ModelMetrics(RequestCounters):
         outputs: Mapping[str, np.ndarray] | None = None,
         reason: str = "",
     ) -> None:
-        """Observe one answered request (the hot path: a few microseconds)."""
+        """Observe one answered request (the hot path: a few microseconds).
+
+        Outputs are queued for analysis off the request path (``exporters.outputs``).
+        """
         if code != "OK":
             self.request(code, reason)
             return
@@ -445,68 +368,13 @@ class ModelMetrics(RequestCounters):
         self._samples.inc(rows)
         self._duration.observe(duration)
         self._queue.observe(queue_seconds)
-        if outputs:
-            self._observe_outputs(outputs)
+        if outputs and self._output_stats is not None:
+            self._outputs.submit(self._output_stats, outputs)
 
     def batch_done(self, rows: int, compute_seconds: float) -> None:
         """Observe one executed batch."""
         self._compute.observe(compute_seconds)
         self._batch.observe(rows)
-
-    def _observe_outputs(self, outputs: Mapping[str, np.ndarray]) -> None:
-        bad: set[str] = set()
-        for out, child in self._nonfinite.items():
-            value = outputs.get(out)
-            if value is None or value.size == 0 or value.dtype.kind not in "fc":
-                continue
-            if not np.isfinite(value).all():
-                child.inc(int(value.size - np.count_nonzero(np.isfinite(value))))
-                bad.add(out)
-        if self._classifier is not None:
-            scores = outputs.get(self._classifier)
-            if scores is not None and scores.size:
-                self._observe_scores(scores, self._classifier in bad)
-        for out, hist in self._regression:
-            value = outputs.get(out)
-            if value is None or value.size == 0:
-                continue
-            if out in bad:
-                value = value[np.isfinite(value)]
-            hist.observe_array(value)
-
-    def _observe_scores(self, scores: np.ndarray, check_finite: bool) -> None:
-        if scores.ndim != 2:
-            scores = scores.reshape(-1, scores.shape[-1]) if scores.ndim else scores.reshape(1, 1)
-        assert self._confidence is not None
-        if scores.shape[0] == 1:  # one row: scalar work, no temporary arrays
-            row = scores[0]
-            index = int(row.argmax())
-            top = float(row[index])
-            if self._logits:
-                top = float(1.0 / np.exp(row - top).sum())
-            if check_finite and not np.isfinite(top):
-                return
-            self._class(index).inc()
-            self._confidence.observe(top)
-            return
-        indices = scores.argmax(axis=1)
-        top = scores.max(axis=1)
-        if self._logits:
-            top = 1.0 / np.exp(scores - top[:, None]).sum(axis=1)
-        if check_finite:
-            keep = np.isfinite(top)
-            indices, top = indices[keep], top[keep]
-        counts = np.bincount(indices)
-        for seen in np.flatnonzero(counts):
-            self._class(int(seen)).inc(int(counts[seen]))
-        self._confidence.observe_array(top)
-
-    def _class(self, index: int) -> Counter:
-        if index < len(self._classes):
-            return self._classes[index]
-        if self._other is None:
-            self._other = self._metrics.predictions.labels(self._name, self._version, OTHER_CLASS)
-        return self._other
 
 
 class InflightCollector(Collector):

@@ -48,7 +48,7 @@ def build_server(
         metrics = ServerMetrics(config.metrics)
     if metrics is not None:
         listeners.insert(0, metrics.listener)
-        services.insert(0, metrics.http)
+        services.insert(0, metrics)
     executor = ThreadPoolExecutor(
         max_workers=config.threads.executor_workers, thread_name_prefix="model"
     )

@@ -8,11 +8,14 @@ so a request costs a dict lookup and a few counter/histogram updates.
 ``ServerMetrics`` builds everything a server exports from ``MetricsConfig``: a
 fresh registry (never prometheus_client's global one), the families, the
 listener, the process/GC/platform, GPU and in-flight collectors, and the HTTP
-endpoint as a ``Service``. ``sidecar.app.build_server`` wires it in when
-``metrics.enabled``; tests pass their own through ``AppParts.metrics``.
+endpoint as a ``Service``. It is a server ``Service``.
+``sidecar.app.build_server`` wires it in when ``metrics.enabled``; tests pass
+their own through ``AppParts.metrics``.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,9 +32,9 @@ from exporters.metrics import (
     InflightSnapshot,
     ModelFacts,
     ModelMetrics,
-    OutputMonitoring,
     SidecarMetrics,
 )
+from exporters.outputs import OutputMonitoring
 from sidecar import __version__
 from sidecar.config import MetricsConfig
 from sidecar.dataplane import DataPlane
@@ -125,7 +128,12 @@ class MetricsListener(BaseListener):
 
 
 class ServerMetrics:
-    """Everything one server exports: registry, families, listener, collectors, endpoint."""
+    """Everything one server exports: registry, families, listener, collectors, endpoint.
+
+    A server ``Service``: ``start`` runs the output-analysis thread and opens
+    the HTTP endpoint (``http.port`` is then the bound port), ``stop`` closes
+    both.
+    """
 
     def __init__(
         self,
@@ -149,6 +157,16 @@ class ServerMetrics:
         self.gpu = gpu if gpu is not None else GpuCollector.discover()
         self.registry.register(self.gpu)
         self.http = MetricsHTTPServer(self.registry, config.host, config.port)
+
+    async def start(self) -> None:
+        """Start output analysis and the endpoint."""
+        self.metrics.outputs.start()
+        await self.http.start()
+
+    async def stop(self) -> None:
+        """Close the endpoint, then stop output analysis (off the event loop)."""
+        await self.http.stop()
+        await asyncio.to_thread(self.metrics.outputs.stop)
 
     def watch(self, plane: DataPlane) -> None:
         """Export the plane's in-flight counts, read at scrape time."""

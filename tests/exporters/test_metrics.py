@@ -13,17 +13,15 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from scipy.special import softmax
 
 from exporters.metrics import (
-    DEFAULT_OUTPUT_BUCKETS,
-    OTHER_CLASS,
     UNKNOWN_MODEL,
     InflightCount,
     InflightSnapshot,
     ModelFacts,
     ModelMetrics,
-    OutputMonitoring,
     SidecarMetrics,
     dependency_version,
 )
+from exporters.outputs import DEFAULT_OUTPUT_BUCKETS, OTHER_CLASS, OutputMonitoring
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 CLASSES = ("cat", "dog", "bird")
@@ -84,7 +82,7 @@ def test_importing_registers_nothing_globally() -> None:
         "import sys\n"
         "from prometheus_client import REGISTRY\n"
         "before = {f.name for f in REGISTRY.collect()}\n"
-        "import exporters.metrics, exporters.gpu, exporters.http, exporters.histogram\n"
+        "import exporters.metrics, exporters.gpu, exporters.http, exporters.outputs\n"
         "import sidecar.metrics_listener, sidecar.app\n"
         "after = {f.name for f in REGISTRY.collect()}\n"
         "sys.exit(0 if after == before else 1)\n"
@@ -249,14 +247,16 @@ def test_predicted_classes_and_confidence(
     assert value(registry, bucket, le="0.9", **labels) == 4
 
 
-def test_single_row_and_batch_paths_agree() -> None:
+def test_one_request_at_a_time_and_many_at_once_agree() -> None:
     rng = np.random.default_rng(7)
     scores = rng.normal(size=(50, 3)).astype(np.float32)
     one, many = CollectorRegistry(), CollectorRegistry()
-    h_one = classifier(SidecarMetrics(one, latency_buckets=BUCKETS, sidecar_version="0"), True)
+    m_one = SidecarMetrics(one, latency_buckets=BUCKETS, sidecar_version="0")
+    h_one = classifier(m_one, True)
     h_many = classifier(SidecarMetrics(many, latency_buckets=BUCKETS, sidecar_version="0"), True)
     for row in scores:
         h_one.request_done("OK", 1, 0.001, outputs={"scores": row[None, :]})
+        m_one.outputs.drain()  # analysed one request at a time
     h_many.request_done("OK", 50, 0.001, outputs={"scores": scores})
     labels = {"model": "m", "version": "1"}
     for name in CLASSES:
