@@ -13,7 +13,7 @@ from sidecar.app import AppParts
 from sidecar.metrics_listener import ServerMetrics
 from tests.exporters.traffic import DIGIT_NAMES, send_example_traffic
 from tests.helpers import running_server, server_config
-from tests.prom import prometheus
+from tests.prom import PrometheusError, prometheus
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -78,3 +78,9 @@ def test_prometheus_sees_what_was_sent(digits_and_diabetes: Path, tmp_path: Path
             prom.query(expr)  # raises PrometheusError on a parse or evaluation error
         rps = prom.values(examples[0], "model")
         assert set(rps) == {"", "digits", "diabetes"}
+
+        # the helper reports a bad query and a wait that never comes true
+        with pytest.raises(PrometheusError, match="parse error"):
+            prom.query("sum(")
+        with pytest.raises(PrometheusError, match=r"timed out after 0\.3s"):
+            prom.wait_for(ok, lambda v: v == -1, timeout=0.3)

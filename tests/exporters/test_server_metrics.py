@@ -48,7 +48,7 @@ def infer(
     x = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
     inp = triton.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    return client.infer(model, [inp])
+    return client.infer(model, [inp], client_timeout=10)  # a blocked server fails fast
 
 
 def metrics_for(fake_gpu: bool = False) -> ServerMetrics:
