@@ -6,6 +6,7 @@ import math
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +88,8 @@ def test_importing_registers_nothing_globally() -> None:
         "after = {f.name for f in REGISTRY.collect()}\n"
         "sys.exit(0 if after == before else 1)\n"
     )
-    assert subprocess.run([sys.executable, "-c", script], check=False).returncode == 0
+    root = Path(__file__).resolve().parents[2]
+    assert subprocess.run([sys.executable, "-c", script], cwd=root, check=False).returncode == 0
 
 
 def test_construction_touches_no_global_registry(registry: CollectorRegistry) -> None:
