@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -11,19 +12,32 @@ from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
 from sidecar.events import Listener
 from sidecar.examples import MODEL_REPOSITORY
-from sidecar.labels import Labels
 from sidecar.models import ModelManager, RuntimeFactory
 from sidecar.server import GrpcRegistrar, Service, SidecarServer
+
+if TYPE_CHECKING:
+    from sidecar.labels import Labels
+    from sidecar.metrics_listener import ServerMetrics
 
 
 @dataclass
 class AppParts:
-    """Extra pieces (metrics, monitors, stores) that plug into the server."""
+    """Extra pieces (metrics, monitors, stores) that plug into the server.
+
+    ``metrics``: the Prometheus side (registry, listener, ``/metrics`` endpoint).
+    None builds one from ``config.metrics`` when it is enabled; pass your own to
+    choose its registry or GPU source and to read its bound port in tests.
+
+    ``labels``: the delayed-label join (prediction store, FeedbackService). None
+    builds one from ``config.labels`` when it is enabled, exporting to the
+    metrics registry; pass your own to choose its store, clock or registry.
+    """
 
     listeners: list[Listener] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     registrars: list[GrpcRegistrar] = field(default_factory=list)
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    metrics: ServerMetrics | None = None
+    labels: Labels | None = None
 
 
 def build_server(
@@ -33,14 +47,35 @@ def build_server(
 ) -> SidecarServer:
     """A SidecarServer for ``config``; ``runtime_factory`` is the seam for fake runtimes."""
     parts = parts or AppParts()
-    if config.labels.enabled:
-        Labels(config, parts.registry).attach(parts)
+    listeners = list(parts.listeners)
+    services = list(parts.services)
+    registrars = list(parts.registrars)
+    metrics = parts.metrics
+    if metrics is None and config.metrics.enabled:
+        from sidecar.metrics_listener import ServerMetrics
+
+        metrics = ServerMetrics(config.metrics)
+    if metrics is not None:
+        listeners.insert(0, metrics.listener)
+        services.insert(0, metrics)
+    labels = parts.labels
+    if labels is None and config.labels.enabled:
+        from sidecar.labels import Labels
+
+        registry = metrics.registry if metrics is not None else CollectorRegistry()
+        labels = Labels(config, registry)
+    if labels is not None:
+        listeners.append(labels.recorder)
+        services.append(labels)
+        registrars.append(labels)
     executor = ThreadPoolExecutor(
         max_workers=config.threads.executor_workers, thread_name_prefix="model"
     )
     repository = config.model_repository or MODEL_REPOSITORY
     models = ModelManager(
-        config, repository, parts.listeners, executor=executor, runtime_factory=runtime_factory
+        config, repository, listeners, executor=executor, runtime_factory=runtime_factory
     )
-    plane = DataPlane(models, parts.listeners)
-    return SidecarServer(config, plane, parts.services, parts.registrars)
+    plane = DataPlane(models, listeners)
+    if metrics is not None:
+        metrics.watch(plane)
+    return SidecarServer(config, plane, services, registrars)

@@ -6,7 +6,7 @@
                                    ── runs ─▶ LabelJoiner ──▶ exporters.labels.LabelMetrics
 
 ``Labels`` assembles the pieces from the server config; ``app.build_server``
-plugs it in as a listener, a gRPC registrar and a service. docs/labels.md
+plugs it in as a listener (``recorder``), a gRPC registrar and a service. docs/labels.md
 describes the behaviour, docs/metrics.md the metrics.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -26,9 +25,6 @@ from sidecar.labels.recorder import PredictionRecorder
 from sidecar.labels.service import FeedbackRegistrar, FeedbackServicer
 from sidecar.labels.store import PredictionStore, create_store
 from sidecar.labels.worker import StoreWorker
-
-if TYPE_CHECKING:
-    from sidecar.app import AppParts
 
 __all__ = ["Labels"]
 
@@ -44,6 +40,7 @@ class Labels:
         clock: Callable[[], float] = time.time,
     ) -> None:
         settings = config.labels
+        self.registry = registry
         self.store = store or create_store(settings)
         self.metrics = LabelMetrics(
             registry, settings.delay_buckets, settings.error_buckets, self.store.backend
@@ -58,12 +55,6 @@ class Labels:
         self._registrar = FeedbackRegistrar(
             FeedbackServicer(self.worker, settings.max_batch_labels)
         )
-
-    def attach(self, parts: AppParts) -> None:
-        """Add the listener, the gRPC registrar and the background service to ``parts``."""
-        parts.listeners.append(self.recorder)
-        parts.registrars.append(self)
-        parts.services.append(self)
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         """Add FeedbackService to the gRPC server."""

@@ -12,8 +12,12 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from exporters.gpu import GpuCollector
 from sidecar.app import AppParts
+from sidecar.config import ServerConfig
 from sidecar.examples import MODEL_REPOSITORY
+from sidecar.labels import Labels
+from sidecar.metrics_listener import ServerMetrics
 from sidecar.proto import feedback_pb2 as fb
 from sidecar.proto import feedback_pb2_grpc as fb_grpc
 from sidecar.proto import grpc_service_pb2 as pb
@@ -110,9 +114,23 @@ def number_label(request_id: str, model: str, value: float, row: int = 0) -> fb.
     return fb.Label(request_id=request_id, model_name=model, row=row, number=value)
 
 
+def label_parts(config: ServerConfig) -> AppParts:
+    """Parts whose label join exports to a registry the test can read.
+
+    With metrics enabled it is the registry ``/metrics`` serves (ServerMetrics,
+    without GPU discovery), as ``build_server`` wires it by default.
+    """
+    metrics = None
+    if config.metrics.enabled:
+        metrics = ServerMetrics(config.metrics, gpu=GpuCollector(None, lambda: None))
+    registry = metrics.registry if metrics is not None else CollectorRegistry()
+    return AppParts(metrics=metrics, labels=Labels(config, registry))
+
+
 def registry_of(parts: AppParts) -> CollectorRegistry:
-    """The registry the server built from ``parts`` exports its label metrics to."""
-    return parts.registry
+    """The registry the label join of ``parts`` exports to."""
+    assert parts.labels is not None
+    return parts.labels.registry
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

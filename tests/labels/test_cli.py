@@ -13,15 +13,16 @@ import pytest
 from sidecar.app import AppParts
 from sidecar.cli import main
 from tests.helpers import ServerThread, running_server, server_config
-from tests.labels.helpers import Client, registry_of, sample
+from tests.labels.helpers import Client, label_parts, registry_of, sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def served(labels_repo: Path) -> Iterator[tuple[ServerThread, AppParts]]:
-    parts = AppParts()
-    with running_server(server_config(labels_repo), parts) as srv:
+    config = server_config(labels_repo)
+    parts = label_parts(config)
+    with running_server(config, parts) as srv:
         yield srv, parts
 
 

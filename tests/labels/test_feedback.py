@@ -13,16 +13,18 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from exporters.gpu import GpuCollector
 from sidecar.app import AppParts
 from sidecar.config import ModelConfig
-from sidecar.labels import Labels
 from sidecar.labels.store_memory import MemoryStore
+from sidecar.metrics_listener import ServerMetrics
 from sidecar.proto import feedback_pb2 as fb
 from tests.helpers import ServerThread, running_server, server_config
 from tests.labels.fakes import ChosenClassRuntime
 from tests.labels.helpers import (
     Client,
     class_label,
+    label_parts,
     label_values,
     number_label,
     registry_of,
@@ -43,8 +45,8 @@ CHOSEN = ModelConfig.model_validate(
 
 @pytest.fixture(scope="module")
 def served(labels_repo: Path) -> Iterator[tuple[ServerThread, AppParts]]:
-    parts = AppParts()
     config = server_config(labels_repo, labels=FAST)
+    parts = label_parts(config)
     with running_server(config, parts, fakes=[("chosen", ChosenClassRuntime(3), CHOSEN)]) as srv:
         yield srv, parts
 
@@ -152,8 +154,8 @@ def test_feedback_service_is_reflected(served: tuple[ServerThread, AppParts]) ->
 
 
 def test_predictions_expire_after_their_ttl(labels_repo: Path) -> None:
-    parts = AppParts()
     config = server_config(labels_repo, labels={**FAST, "ttl_seconds": 0.3})
+    parts = label_parts(config)
     with running_server(config, parts) as srv, Client(srv.address) as client:
         registry = registry_of(parts)
         request_id, _ = client.infer("digits", np.zeros((3, 64)))
@@ -168,12 +170,12 @@ def test_predictions_expire_after_their_ttl(labels_repo: Path) -> None:
 
 
 def test_memory_store_stays_bounded_under_a_flood(labels_repo: Path) -> None:
-    parts = AppParts()
     config = server_config(labels_repo, labels={**FAST, "max_entries": 200})
+    parts = label_parts(config)
     with running_server(config, parts) as srv, Client(srv.address) as client:
         registry = registry_of(parts)
-        labels = next(s for s in parts.services if isinstance(s, Labels))
-        store = labels.store
+        assert parts.labels is not None
+        store = parts.labels.store
         assert isinstance(store, MemoryStore)
         largest = 0
         done = threading.Event()
@@ -211,11 +213,13 @@ def test_memory_store_stays_bounded_under_a_flood(labels_repo: Path) -> None:
 
 
 def test_labels_can_be_switched_off(labels_repo: Path) -> None:
-    parts = AppParts()
     config = server_config(labels_repo, labels={"enabled": False})
-    with running_server(config, parts) as srv, Client(srv.address) as client:
+    metrics = ServerMetrics(config.metrics, gpu=GpuCollector(None, lambda: None))
+    with running_server(config, AppParts(metrics=metrics)) as srv, Client(srv.address) as client:
         client.infer("digits", np.zeros((1, 64)))
         with pytest.raises(grpc.RpcError) as err:
             client.send([class_label("x", "digits", 0)])
         assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert not label_values(registry_of(parts), "sidecar_labels_received_total", "model")
+    families = {family.name for family in metrics.registry.collect()}
+    assert "sidecar_inference_requests" in families
+    assert not {name for name in families if "label" in name or "pending" in name}

@@ -12,12 +12,19 @@ import numpy as np
 import pytest
 import redis
 
-from sidecar.app import AppParts
 from sidecar.config import LabelStoreConfig
 from sidecar.errors import MissingDependencyError
 from sidecar.labels.store import create_store
 from tests.helpers import running_server, server_config
-from tests.labels.helpers import Client, class_label, number_label, registry_of, sample, wait_for
+from tests.labels.helpers import (
+    Client,
+    class_label,
+    label_parts,
+    number_label,
+    registry_of,
+    sample,
+    wait_for,
+)
 from tests.labels.process import ServerProcess
 from tests.labels.redis_server import RedisServer
 
@@ -103,7 +110,6 @@ def test_label_on_another_replica_matches_exactly_once(
 
 def test_redis_outage_keeps_serving_and_recovers(labels_repo: Path, tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis") as redis_server:
-        parts = AppParts()
         labels = {
             "backend": "redis",
             "url": redis_server.url,
@@ -112,6 +118,7 @@ def test_redis_outage_keeps_serving_and_recovers(labels_repo: Path, tmp_path: Pa
             "timeout_seconds": 0.5,
         }
         config = server_config(labels_repo, labels=labels)
+        parts = label_parts(config)
         with running_server(config, parts) as srv, Client(srv.address) as client:
             registry = registry_of(parts)
             rid, _ = client.infer("digits", np.zeros((1, 64)))
