@@ -18,6 +18,7 @@ from tests.labels.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 _SERVING = re.compile(r"serving gRPC on [^:]+:(\d+)")
+_METRICS = re.compile(r"serving metrics on [^:]+:(\d+)")
 
 
 class ServerProcess:
@@ -40,6 +41,7 @@ class ServerProcess:
         self.process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self.port = 0
+        self.metrics_port = 0
         self.log: list[str] = []
 
     @property
@@ -51,6 +53,7 @@ class ServerProcess:
         """Start it; ``wait_ready`` waits for its port."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
         self.port = 0
+        self.metrics_port = 0
         self.log = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(self.config)],
@@ -71,6 +74,9 @@ class ServerProcess:
             found = _SERVING.search(line)
             if found:
                 self.port = int(found.group(1))
+            found = _METRICS.search(line)
+            if found:
+                self.metrics_port = int(found.group(1))
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until it logged its port (fails with its log if it exits)."""

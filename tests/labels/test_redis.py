@@ -15,6 +15,7 @@ import redis
 from sidecar.config import LabelStoreConfig
 from sidecar.errors import MissingDependencyError
 from sidecar.labels.store import create_store
+from tests.exporters.scrape import scrape
 from tests.helpers import running_server, server_config
 from tests.labels.helpers import (
     Client,
@@ -103,6 +104,14 @@ def test_label_on_another_replica_matches_exactly_once(
         assert on_b.outcomes([number_label(rid, "diabetes", 100.0)]) == ["matched"]
         assert on_a.outcomes([number_label(rid, "diabetes", 100.0)]) == ["duplicate"]
         assert on_a.outcomes([class_label("nobody", "digits", 1)]) == ["unknown_id"]
+    # counted once across the replicas, on the replica that received each label
+    scrapes = [scrape(a.metrics_port), scrape(b.metrics_port)]
+
+    def total(outcome: str) -> float:
+        name = "sidecar_labels_received_total"
+        return sum(s.value(name, model="digits", outcome=outcome) or 0.0 for s in scrapes)
+
+    assert (total("matched"), total("duplicate"), total("unknown_id")) == (40.0, 40.0, 1.0)
     assert store.zcard("replicas:pending:digits") == 0
     assert store.hget(f"replicas:p:3:{made_on_a[0]}", "s") == "L"
     assert store.pttl(f"replicas:p:3:{made_on_a[0]}") > 0  # Redis keeps the TTL
