@@ -150,6 +150,13 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         {"labels": {"redis": {"url": "redis://r:6379/0", "existingSecret": "s"}}},
         "labels.redis.url and labels.redis.existingSecret are both set",
     ),
+    "label store environment set twice": (
+        {
+            "labels": {"redis": {"existingSecret": "s"}},
+            "extraEnv": [{"name": "SIDECAR_LABELS__URL", "value": "redis://r"}],
+        },
+        "extraEnv: SIDECAR_LABELS__URL conflicts with labels.redis",
+    ),
     "not a Redis URL": (
         {"labels": {"redis": {"url": "http://r:6379"}}},
         "at '/labels/redis/url': 'http://r:6379' does not match pattern",

@@ -183,6 +183,9 @@ message that names the value to change.
 {{- if regexMatch "^SIDECAR_(GRPC|METRICS|SHUTDOWN)__" .name }}
 {{- fail (printf "extraEnv: %s overrides a setting the chart derives ports, probes and the termination grace period from; set it under config instead" .name) }}
 {{- end }}
+{{- if and (hasPrefix "SIDECAR_LABELS__" .name) (include "inference-sidecar.redisSecret" $) }}
+{{- fail (printf "extraEnv: %s conflicts with labels.redis, which sets the label store's environment" .name) }}
+{{- end }}
 {{- end }}
 {{- $source := $v.modelRepository.source }}
 {{- if and $v.models (eq $source "bundled") }}
@@ -210,6 +213,9 @@ message that names the value to change.
 {{- end }}
 {{- if and $v.labels.redis.url $v.labels.redis.existingSecret }}
 {{- fail "labels.redis.url and labels.redis.existingSecret are both set: keep one" }}
+{{- end }}
+{{- if dig "labels" "url" "" $v.config }}
+{{- fail "config.labels.url would put the label store's URL (and its password) in a ConfigMap: set labels.redis.url or labels.redis.existingSecret instead" }}
 {{- end }}
 {{- if and $v.autoscaling.enabled (gt ($v.autoscaling.minReplicas | int) ($v.autoscaling.maxReplicas | int)) }}
 {{- fail (printf "autoscaling.minReplicas (%d) is larger than autoscaling.maxReplicas (%d)" ($v.autoscaling.minReplicas | int) ($v.autoscaling.maxReplicas | int)) }}
@@ -271,7 +277,10 @@ The server container. Its name is "server" in both modes.
   {{- if or .Values.extraEnv (include "inference-sidecar.redisSecret" .) }}
   env:
     {{- with include "inference-sidecar.redisSecret" . }}
-    - name: {{ $.Values.labels.redis.envVar }}
+    # The shared label store (config.labels.backend and .url).
+    - name: SIDECAR_LABELS__BACKEND
+      value: redis
+    - name: SIDECAR_LABELS__URL
       valueFrom:
         secretKeyRef:
           {{- . | nindent 10 }}
