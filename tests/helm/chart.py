@@ -101,6 +101,13 @@ class Helm:
         return self.run("lint", "--strict", str(CHART), *args).stdout
 
 
+def run_promtool(promtool: str, *args: str) -> str:
+    """Run promtool; a failure raises with its output."""
+    proc = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"promtool {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
 # --------------------------------------------------------------------------- objects
 
 
@@ -113,6 +120,13 @@ def one(objects: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
     """The only rendered object of a kind."""
     found = find(objects, kind)
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def config_map(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The ConfigMap with the server's and the models' configuration (not a dashboard)."""
+    found = [o for o in find(objects, "ConfigMap") if "sidecar.yaml" in o.get("data", {})]
+    assert len(found) == 1, f"expected one server ConfigMap, got {len(found)}"
     return found[0]
 
 

@@ -1,6 +1,8 @@
-"""Fixtures of the chart tests: the real helm binary."""
+"""Fixtures of the chart tests: the real helm and promtool binaries."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 
@@ -15,3 +17,15 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     except FileNotFoundError as exc:
         pytest.fail(str(exc))
     return Helm(binary, tmp_path_factory.mktemp("helm"))
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool from PATH; fails (never skips) without it."""
+    found = shutil.which("promtool")
+    if not found:
+        pytest.fail(
+            "promtool not found on PATH: the alert and dashboard tests need it. "
+            "`bash scripts/test.sh` installs it (Debian package prometheus)."
+        )
+    return found

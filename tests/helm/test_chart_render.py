@@ -16,6 +16,7 @@ from tests.helm.chart import (
     OPERATOR_API,
     Helm,
     check_operator_objects,
+    config_map,
     container,
     find,
     one,
@@ -180,7 +181,7 @@ def test_every_object_is_valid_kubernetes(rendered: list[dict[str, Any]]) -> Non
 def test_server_accepts_the_rendered_config(
     rendered: list[dict[str, Any]], scenario: str, tmp_path: Path
 ) -> None:
-    data = one(rendered, "ConfigMap")["data"]
+    data = config_map(rendered)["data"]
     server_file = tmp_path / "sidecar.yaml"
     server_file.write_text(data["sidecar.yaml"])
     config = load_server_config(server_file, env={})
@@ -409,7 +410,7 @@ def test_redis_url_reaches_the_server_from_a_secret(helm: Helm) -> None:
             "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "url"}},
         },
     ]
-    assert "secret@" not in yaml.safe_dump(one(objects, "ConfigMap"))
+    assert "secret@" not in yaml.safe_dump(config_map(objects))
     existing = render(helm, SCENARIOS["sidecar-native-pvc-gpu"])
     assert not find(existing, "Secret")
     assert _label_store_env(existing) == {
@@ -433,7 +434,7 @@ def test_server_takes_the_label_store_from_the_environment(
 ) -> None:
     objects = render(helm, SCENARIOS[scenario_name])
     path = tmp_path / "sidecar.yaml"
-    path.write_text(one(objects, "ConfigMap")["data"]["sidecar.yaml"])
+    path.write_text(config_map(objects)["data"]["sidecar.yaml"])
     env = _label_store_env(objects)
     config: Any = load_server_config(path, env=env)
     assert config.labels.backend == "redis"
@@ -469,7 +470,7 @@ def test_server_defaults_fill_removed_keys(helm: Helm) -> None:
     assert spec["terminationGracePeriodSeconds"] == math.ceil(
         drain + chart["terminationMarginSeconds"]
     )
-    assert yaml.safe_load(one(objects, "ConfigMap")["data"]["sidecar.yaml"]) == {
+    assert yaml.safe_load(config_map(objects)["data"]["sidecar.yaml"]) == {
         "logging": chart["config"]["logging"]
     }
 

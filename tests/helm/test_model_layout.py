@@ -14,7 +14,7 @@ import pytest
 from sidecar.cli import main as cli
 from sidecar.examples import MODEL_REPOSITORY
 from sidecar.models import scan_repository
-from tests.helm.chart import Helm, container, one, pod_spec
+from tests.helm.chart import Helm, config_map, container, pod_spec
 
 MODELS = ("digits", "diabetes")
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -55,7 +55,7 @@ def _run(command: list[str], env: dict[str, str]) -> None:
 def _layout_inputs(helm: Helm, values: dict[str, Any], tmp: Path) -> tuple[Path, Path, Any]:
     """The rendered layout script and model configs, as the init container sees them."""
     objects = helm.template({**values, "models": CHART_CONFIGS})
-    data = one(objects, "ConfigMap")["data"]
+    data = config_map(objects)["data"]
     script = tmp / "model-layout.sh"
     script.write_text(data["model-layout.sh"])
     configs = tmp / "configs"
