@@ -204,3 +204,15 @@ def test_lint_rejects_bad_values_too(helm: Helm) -> None:
     proc = helm.run("lint", "--strict", "--set", "mode=daemonset", str(CHART), check=False)
     assert proc.returncode != 0
     assert "at '/mode': value must be one of 'standalone', 'sidecar'" in proc.stdout + proc.stderr
+
+
+def test_helm_install_rejects_bad_values_and_prints_notes(helm: Helm) -> None:
+    """`helm install` (client-side dry run: no cluster) checks the same values."""
+    base = ["install", "demo", str(CHART), "--dry-run=client", "--namespace", "serving"]
+    bad = helm.run(*base, "--set", "mode=sidecar", check=False)
+    assert bad.returncode != 0
+    assert "app.image is required when mode is sidecar" in bad.stderr
+    good = helm.run(*base, "--set", "mode=sidecar", "--set", "app.image=registry.example/app:1")
+    notes = good.stdout[good.stdout.index("NOTES:") :]
+    assert 'The application container "app" reaches the server at localhost:8001' in notes
+    assert "prometheus.io/* scrape annotations" in notes
