@@ -280,6 +280,9 @@ def test_standalone_runs_the_server_alone(helm: Helm) -> None:
     assert one(objects, "Deployment")["spec"]["replicas"] == 1
     assert one(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert not find(objects, "HorizontalPodAutoscaler") and not find(objects, "Secret")
+    named = container(pod_spec(render(helm, {"probes": {"service": "digits"}})), "server")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert named[probe]["grpc"] == {"port": 8001, "service": "digits"}
 
 
 def test_sidecar_runs_next_to_the_app(helm: Helm) -> None:
