@@ -14,22 +14,6 @@ METRICS_DOC = ROOT / "docs" / "metrics.md"
 #: branches in progress. When a name lands in docs/metrics.md a test says to take
 #: it out of here; when the documented name differs, fix the rules and dashboards.
 PENDING: dict[str, str] = {
-    "sidecar_model_ready": "#4 exporters",
-    "sidecar_inference_requests_total": "#4 exporters",
-    "sidecar_inference_samples_total": "#4 exporters",
-    "sidecar_request_duration_seconds": "#4 exporters",
-    "sidecar_queue_duration_seconds": "#4 exporters",
-    "sidecar_compute_duration_seconds": "#4 exporters",
-    "sidecar_batch_size": "#4 exporters",
-    "sidecar_inflight_requests": "#4 exporters",
-    "sidecar_rejected_requests_total": "#4 exporters",
-    "sidecar_predictions_total": "#4 exporters",
-    "sidecar_prediction_confidence": "#4 exporters",
-    "sidecar_nonfinite_outputs_total": "#4 exporters",
-    "sidecar_gpu_memory_used_bytes": "#4 exporters",
-    "sidecar_gpu_memory_total_bytes": "#4 exporters",
-    "sidecar_gpu_utilization_ratio": "#4 exporters",
-    "sidecar_gpu_power_watts": "#4 exporters",
     "sidecar_drift_detected": "#6 drift",
     "sidecar_drift_evaluations_total": "#6 drift",
     "sidecar_drift_last_evaluation_timestamp_seconds": "#6 drift",
