@@ -19,12 +19,6 @@ PENDING: dict[str, str] = {
     "sidecar_drift_last_evaluation_timestamp_seconds": "#6 drift",
     "sidecar_drift_features_drifted": "#6 drift",
     "sidecar_drift_p_value": "#6 drift",
-    "sidecar_labeled_predictions_total": "#7 labels",
-    "sidecar_label_delay_seconds": "#7 labels",
-    "sidecar_pending_predictions": "#7 labels",
-    "sidecar_labels_received_total": "#7 labels",
-    "sidecar_class_outcomes_total": "#7 labels",
-    "sidecar_confusion_matrix_total": "#7 labels",
 }
 
 

@@ -423,14 +423,6 @@ def test_redis_url_reaches_the_server_from_a_secret(helm: Helm) -> None:
     assert not _label_store_env(render(helm, {}))
 
 
-LABEL_STORE_PENDING = pytest.mark.xfail(
-    "labels" not in ServerConfig.model_fields,
-    reason="the label store's settings (config.labels, issue 7) are not in sidecar/config.py yet",
-    strict=True,
-)
-
-
-@LABEL_STORE_PENDING
 @pytest.mark.parametrize("scenario_name", ["standalone-image-models", "sidecar-native-pvc-gpu"])
 def test_server_takes_the_label_store_from_the_environment(
     helm: Helm, scenario_name: str, tmp_path: Path
@@ -444,7 +436,6 @@ def test_server_takes_the_label_store_from_the_environment(
     assert config.labels.url == env["SIDECAR_LABELS__URL"]
 
 
-@LABEL_STORE_PENDING
 def test_label_store_url_stays_out_of_the_configmap(helm: Helm) -> None:
     error = helm.template_error({"config": {"labels": {"url": "redis://:pw@r:6379/0"}}})
     assert "config.labels.url would put the label store's URL" in error, error
