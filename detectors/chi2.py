@@ -44,6 +44,8 @@ __all__ = [
     "merge_sparse_bins",
     "merge_sparse_categories",
     "quantile_bin_edges",
+    "quantile_levels",
+    "unique_edges",
 ]
 
 #: Smallest expected count per cell for which the chi-squared approximation is trusted.
@@ -180,11 +182,19 @@ def quantile_bin_edges(sorted_values: FloatArray, max_bins: int) -> FloatArray:
         raise InvalidInputError(f"max_bins must be >= 1, got {max_bins}")
     if sorted_values.size == 0 or max_bins == 1:
         return np.empty(0, dtype=np.float64)
-    probs = np.arange(1, max_bins, dtype=np.float64) / max_bins
-    edges = np.unique(np.quantile(sorted_values, probs))
-    # An edge at the minimum would leave the first bin empty.
-    edges = edges[edges > sorted_values[0]]
-    result: FloatArray = edges.astype(np.float64)
+    return unique_edges(np.quantile(sorted_values, quantile_levels(max_bins)), sorted_values[0])
+
+
+def quantile_levels(max_bins: int) -> FloatArray:
+    """The probabilities ``k / max_bins`` (k = 1 .. max_bins - 1) of the interior bin edges."""
+    levels: FloatArray = np.arange(1, max_bins, dtype=np.float64) / max_bins
+    return levels
+
+
+def unique_edges(quantiles: FloatArray, minimum: float) -> FloatArray:
+    """Sorted unique quantile values above the sample minimum (an edge at it leaves bin 0 empty)."""
+    edges = np.unique(quantiles)
+    result: FloatArray = edges[edges > minimum].astype(np.float64)
     return result
 
 

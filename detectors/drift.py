@@ -26,15 +26,16 @@ reference raises :class:`~detectors.errors.ShapeMismatchError`.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
-from detectors._rows import FloatArray, IntArray, MergedRows, merge_sorted_rows
+from detectors._rows import BoolArray, FloatArray, IntArray, MergedRows, merge_sorted_rows
 from detectors.chi2 import (
     MIN_EXPECTED,
     Chi2Result,
@@ -96,12 +97,6 @@ DEFAULT_TEST_WEIGHTS: tuple[tuple[TestName, float], ...] = (
     ("brown_forsythe", 0.1),
     ("chi2", 0.1),
 )
-
-# Tests that need the reference and window merged into one sorted sample.
-_MERGE_TESTS = frozenset({"cvm"})
-
-# put(test, statistics, p-values, reason used where a p-value is undefined)
-_PutFn = Callable[[str, FloatArray, FloatArray, str], None]
 
 
 @dataclass(frozen=True)
@@ -310,15 +305,45 @@ def class_distribution_drift(
     )
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """Per-feature scratch space filled while scoring (private, mutable)."""
+# Order in which tests appear in results (and are combined).
+_TEST_ORDER: tuple[TestName, ...] = ("welch", "brown_forsythe", "ks", "cvm", "chi2")
 
-    stats: dict[str, float | None] = field(default_factory=dict)
-    pvals: dict[str, float | None] = field(default_factory=dict)
-    reasons: dict[str, str | None] = field(default_factory=dict)
-    distances: dict[str, float | None] = field(default_factory=dict)
-    psi: float | None = None
+
+@dataclass(slots=True)
+class _Scratch:
+    """Per-evaluation working arrays over all F features (private, mutable).
+
+    ``pvals[t][f]`` is NaN where test ``t`` did not run on feature ``f`` or had
+    no p-value; ``ran`` tells the two apart and ``reasons`` says why a test
+    that ran has none.
+    """
+
+    stats: dict[str, FloatArray]
+    pvals: dict[str, FloatArray]
+    ran: dict[str, BoolArray]
+    reasons: dict[str, dict[int, str]]
+    distances: dict[str, FloatArray]
+
+    @classmethod
+    def empty(cls, tests: Sequence[str], distances: Sequence[str], n_feat: int) -> _Scratch:
+        return cls(
+            stats={t: np.full(n_feat, np.nan) for t in tests},
+            pvals={t: np.full(n_feat, np.nan) for t in tests},
+            ran={t: np.zeros(n_feat, dtype=np.bool_) for t in tests},
+            reasons={t: {} for t in tests},
+            distances={d: np.full(n_feat, np.nan) for d in distances},
+        )
+
+    def put(
+        self, test: str, idx: IntArray, stat: FloatArray, p: FloatArray, undefined: str
+    ) -> None:
+        """Record a test's results for features ``idx``; NaN p-values get ``undefined``."""
+        ok = np.isfinite(p) & np.isfinite(stat)
+        self.stats[test][idx] = np.where(ok, stat, np.nan)
+        self.pvals[test][idx] = np.where(ok, p, np.nan)
+        self.ran[test][idx] = True
+        for f in idx[~ok].tolist():
+            self.reasons[test][f] = undefined
 
 
 class DriftDetector:
@@ -327,6 +352,9 @@ class DriftDetector:
     def __init__(self, reference: Reference, config: DriftConfig | None = None) -> None:
         self._reference = reference
         self._config = config if config is not None else DriftConfig()
+        cfg = self._config
+        configured = set(cfg.continuous_tests) | set(cfg.discrete_tests) | {"chi2"}
+        self._tests = tuple(t for t in _TEST_ORDER if t in configured)
 
     @property
     def reference(self) -> Reference:
@@ -365,10 +393,9 @@ class DriftDetector:
             )
         if not all_finite:
             rows[~finite] = np.nan
-        rows.sort(axis=1)
+        rows.sort(axis=1)  # NaN (excluded values) last
         n_valid = finite.sum(axis=1) if not all_finite else np.full(n_feat, n_rows)
 
-        outcomes: list[_Outcome | None] = [None] * n_feat
         skip: list[str | None] = list(ref.unusable)
         groups: dict[tuple[FeatureKind, int, int], list[int]] = defaultdict(list)
         for f in range(n_feat):
@@ -385,169 +412,161 @@ class DriftDetector:
             else:
                 groups[(ref.kinds[f], int(ref.n_finite[f]), nv)].append(f)
 
+        scratch = _Scratch.empty(self._tests, cfg.distances, n_feat)
         for (kind, n_ref, n_win), members in groups.items():
             idx = np.asarray(members, dtype=np.int64)
-            results = self._run_group(kind, idx, n_ref, rows[idx, :n_win])
-            for f, outcome in zip(members, results, strict=True):
-                outcomes[f] = outcome
-
-        return self._assemble(outcomes, skip, n_valid, n_rows, n_bad_rows)
+            self._run_group(kind, idx, n_ref, rows[idx, :n_win], scratch)
+        return self._assemble(scratch, skip, n_valid, n_rows, n_bad_rows)
 
     # ------------------------------------------------------------------ internals
 
     def _run_group(
-        self, kind: FeatureKind, idx: IntArray, n_ref: int, win: FloatArray
-    ) -> list[_Outcome]:
-        """Run every configured test and distance on features ``idx`` sharing sizes."""
+        self, kind: FeatureKind, idx: IntArray, n_ref: int, win: FloatArray, out: _Scratch
+    ) -> None:
+        """Run the configured tests and distances on features ``idx`` sharing sample sizes.
+
+        ``win`` holds those features' finite window values, each row sorted.
+        """
         ref, cfg = self._reference, self._config
         n_win = win.shape[1]
-        n_f = idx.shape[0]
         tests = cfg.tests_for(kind)
-        out = [_Outcome() for _ in range(n_f)]
-
-        def put(test: str, stat: FloatArray, p: FloatArray, undefined: str) -> None:
-            for k in range(n_f):
-                if np.isfinite(p[k]):
-                    out[k].stats[test] = float(stat[k])
-                    out[k].pvals[test] = float(p[k])
-                    out[k].reasons[test] = None
-                else:
-                    out[k].stats[test] = None
-                    out[k].pvals[test] = None
-                    out[k].reasons[test] = undefined
-
-        merged: MergedRows | None = None
-        if kind != "categorical" and (
-            _MERGE_TESTS.intersection(tests) or "wasserstein" in cfg.distances
-        ):
-            merged = merge_sorted_rows(ref.sorted_rows[idx, :n_ref], win)
 
         if "welch" in tests:
             t, p = welch_ttest_from_stats(
                 ref.mean[idx], ref.var[idx], n_ref, win.mean(axis=1), win.var(axis=1, ddof=1), n_win
             )
-            put("welch", t, p, "both samples have zero variance")
+            out.put("welch", idx, t, p, "both samples have zero variance")
         if "brown_forsythe" in tests:
-            med = median_of_sorted_rows(win, n_win)
             ref_spread = SpreadSummary(
                 n=ref.spread.n[idx], zbar=ref.spread.zbar[idx], ss=ref.spread.ss[idx]
             )
-            w, p = brown_forsythe_from_summaries(ref_spread, spread_summary_rows(win, med))
-            put("brown_forsythe", w, p, "both samples have zero spread about their medians")
-        if "ks" in tests and kind != "categorical":
-            d = ks_statistic_rows(ref.sorted_rows[idx, :n_ref], win)
-            d, p = ks_pvalue(d, n_ref, n_win, cfg.ks_method)
-            put("ks", d, p, "the KS p-value is undefined for these sample sizes")
+            win_spread = spread_summary_rows(win, median_of_sorted_rows(win, n_win))
+            w, p = brown_forsythe_from_summaries(ref_spread, win_spread)
+            out.put(
+                "brown_forsythe", idx, w, p, "both samples have zero spread about their medians"
+            )
+        ref_rows = ref.sorted_rows[idx, :n_ref]
+        if "ks" in tests:
+            d, p = ks_pvalue(ks_statistic_rows(ref_rows, win), n_ref, n_win, cfg.ks_method)
+            out.put("ks", idx, d, p, "the KS p-value is undefined for these sample sizes")
+        merged: MergedRows | None = None
+        if "cvm" in tests or ("wasserstein" in cfg.distances and kind != "categorical"):
+            merged = merge_sorted_rows(ref_rows, win)
         if "cvm" in tests and merged is not None:
             t, p = cramervonmises_merged(merged)
             # scipy's mid-rank formula is not valid with ties (it rejects identical tied
             # samples), so tied features get no CvM p-value rather than a wrong one.
             tied = ~merged.last_of_tie.all(axis=1)
-            put(
+            out.put(
                 "cvm",
+                idx,
                 t,
                 np.where(tied, np.nan, p),
                 "tied values: Cramér-von Mises needs continuous data",
             )
 
-        need_counts = "chi2" in tests or "psi" in cfg.distances
-        if need_counts:
-            ref_counts, win_counts = self._bin_counts(kind, idx, win)
+        if "chi2" in tests or "psi" in cfg.distances:
+            ref_counts, win_counts, n_bins = self._bin_counts(kind, idx, win)
             if "chi2" in tests:
-                self._chi2(kind, ref_counts, win_counts, n_win, put)
+                stat, p = self._chi2(kind, ref_counts, win_counts, n_bins, n_win)
+                out.put(
+                    "chi2",
+                    idx,
+                    stat,
+                    p,
+                    f"fewer than 2 bins with expected count >= {cfg.min_expected:g} "
+                    f"for a window of {n_win}",
+                )
             if "psi" in cfg.distances:
-                psi = self._psi(kind, ref_counts, win_counts)
-                for k in range(n_f):
-                    out[k].psi = float(psi[k]) if np.isfinite(psi[k]) else None
-                    out[k].distances["psi"] = out[k].psi
+                out.distances["psi"][idx] = psi_from_counts(ref_counts, win_counts, cfg.psi_epsilon)
         if "wasserstein" in cfg.distances and merged is not None:
             std = ref.std[idx]
             dist = wasserstein_merged(merged)
-            for k in range(n_f):
-                out[k].distances["wasserstein"] = float(dist[k] / std[k]) if std[k] > 0 else None
-        return out
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.distances["wasserstein"][idx] = np.where(std > 0, dist / std, np.nan)
 
     def _bin_counts(
         self, kind: FeatureKind, idx: IntArray, win: FloatArray
-    ) -> tuple[list[IntArray], list[IntArray]]:
-        """Reference and window counts per bin (categorical: plus an 'unseen' bin)."""
+    ) -> tuple[FloatArray, FloatArray, IntArray]:
+        """Padded reference and window counts per bin, and the number of bins per feature.
+
+        Categorical features get one extra bin for window values that are not
+        reference categories.
+        """
         ref = self._reference
-        ref_counts: list[IntArray] = []
-        win_counts: list[IntArray] = []
-        for k, f in enumerate(idx.tolist()):
-            edges = ref.bin_edges[f]
-            row = win[k]
-            if kind == "categorical":
-                lo = np.searchsorted(row, edges, side="left")
-                hi = np.searchsorted(row, edges, side="right")
-                seen = hi - lo
-                unseen = row.shape[0] - int(seen.sum())
-                ref_counts.append(np.append(ref.bin_counts[f], 0))
-                win_counts.append(np.append(seen, unseen).astype(np.int64))
-            else:
-                cum = np.searchsorted(row, edges, side="left")
-                bounds = np.concatenate([[0], cum, [row.shape[0]]])
-                ref_counts.append(ref.bin_counts[f])
-                win_counts.append(np.diff(bounds).astype(np.int64))
-        return ref_counts, win_counts
+        n_f, n_win = win.shape
+        if kind == "categorical":
+            n_bins = ref.n_bins[idx] + 1
+            ref_counts = np.zeros((n_f, int(n_bins.max())))
+            win_counts = np.zeros_like(ref_counts)
+            for k, f in enumerate(idx.tolist()):
+                cats = ref.bin_edges[f]
+                seen = np.searchsorted(win[k], cats, side="right") - np.searchsorted(
+                    win[k], cats, side="left"
+                )
+                ref_counts[k, : cats.size] = ref.bin_counts[f]
+                win_counts[k, : cats.size] = seen
+                win_counts[k, cats.size] = n_win - seen.sum()
+            return ref_counts, win_counts, n_bins
+        n_bins = ref.n_bins[idx]
+        k_max = int(n_bins.max())
+        edges = ref.padded_edges[idx, : k_max - 1]
+        cum = np.empty((n_f, k_max + 1), dtype=np.int64)
+        cum[:, 0] = 0
+        cum[:, -1] = n_win
+        for k in range(n_f):
+            cum[k, 1:-1] = np.searchsorted(win[k], edges[k], side="left")
+        win_counts = np.diff(cum, axis=1).astype(np.float64)
+        ref_counts = ref.padded_counts[idx, :k_max].astype(np.float64)
+        return ref_counts, win_counts, n_bins
 
     def _chi2(
         self,
         kind: FeatureKind,
-        ref_counts: list[IntArray],
-        win_counts: list[IntArray],
+        ref_counts: FloatArray,
+        win_counts: FloatArray,
+        n_bins: IntArray,
         n_win: int,
-        put: _PutFn,
-    ) -> None:
-        """Chi-squared over bins after merging sparse ones; vectorised over features."""
+    ) -> tuple[FloatArray, FloatArray]:
+        """Chi-squared over the bins after merging sparse ones; vectorised over features."""
         cfg = self._config
-        merged_r: list[IntArray] = []
-        merged_w: list[IntArray] = []
-        for r, w in zip(ref_counts, win_counts, strict=True):
+        ref_counts = ref_counts.copy()
+        win_counts = win_counts.copy()
+        n_bins = n_bins.copy()
+        n_ref = ref_counts.sum(axis=1)
+        if kind == "categorical":
+            todo = np.arange(ref_counts.shape[0])
+        else:
+            used = np.arange(ref_counts.shape[1])[None, :] < n_bins[:, None]
+            smallest = np.where(used, ref_counts, np.inf).min(axis=1)
+            todo = np.flatnonzero(
+                (n_bins >= 2) & (smallest * np.minimum(n_ref, n_win) < cfg.min_expected * n_ref)
+            )
+        for k in todo.tolist():
+            r = ref_counts[k, : n_bins[k]].astype(np.int64)
+            w = win_counts[k, : n_bins[k]].astype(np.int64)
             if kind == "categorical":
                 groups = merge_sparse_categories(r, w, cfg.min_expected)
-                merged_r.append(np.array([r[list(g)].sum() for g in groups], dtype=np.int64))
-                merged_w.append(np.array([w[list(g)].sum() for g in groups], dtype=np.int64))
-                continue
-            n_ref = int(r.sum())
-            if r.size < 2 or int(r.min()) * min(n_ref, n_win) >= cfg.min_expected * n_ref:
-                merged_r.append(r)
-                merged_w.append(w)
-                continue
-            mapping = merge_sparse_bins(r, n_win, cfg.min_expected)
-            n_new = int(mapping[-1]) + 1
-            merged_r.append(np.bincount(mapping, weights=r, minlength=n_new).astype(np.int64))
-            merged_w.append(np.bincount(mapping, weights=w, minlength=n_new).astype(np.int64))
-        n_bins = np.array([r.size for r in merged_r], dtype=np.int64)
-        k_max = int(n_bins.max())
-        pad_r = np.zeros((len(merged_r), k_max))
-        pad_w = np.zeros((len(merged_r), k_max))
-        for k, (r, w) in enumerate(zip(merged_r, merged_w, strict=True)):
-            pad_r[k, : r.size] = r
-            pad_w[k, : w.size] = w
-        stat, p = binned_chi2_rows(pad_r, pad_w, n_bins)
-        put(
-            "chi2",
-            stat,
-            p,
-            f"fewer than 2 bins with expected count >= {cfg.min_expected:g} "
-            f"for a window of {n_win}",
-        )
-
-    def _psi(
-        self, kind: FeatureKind, ref_counts: list[IntArray], win_counts: list[IntArray]
-    ) -> FloatArray:
-        k_max = max(r.size for r in ref_counts)
-        pad_r = np.zeros((len(ref_counts), k_max))
-        pad_w = np.zeros((len(ref_counts), k_max))
-        for k, (r, w) in enumerate(zip(ref_counts, win_counts, strict=True)):
-            pad_r[k, : r.size] = r
-            pad_w[k, : w.size] = w
-        return psi_from_counts(pad_r, pad_w, self._config.psi_epsilon)
+                mapping = np.full(r.size, -1, dtype=np.int64)
+                for g, members in enumerate(groups):
+                    mapping[list(members)] = g
+                keep = mapping >= 0  # categories empty in both samples are dropped
+                new_r = np.bincount(mapping[keep], weights=r[keep], minlength=len(groups))
+                new_w = np.bincount(mapping[keep], weights=w[keep], minlength=len(groups))
+            else:
+                mapping = merge_sparse_bins(r, n_win, cfg.min_expected)
+                new_r = np.bincount(mapping, weights=r)
+                new_w = np.bincount(mapping, weights=w)
+            ref_counts[k] = 0.0
+            win_counts[k] = 0.0
+            ref_counts[k, : new_r.size] = new_r
+            win_counts[k, : new_w.size] = new_w
+            n_bins[k] = new_r.size
+        return binned_chi2_rows(ref_counts, win_counts, n_bins)
 
     def _assemble(
         self,
-        outcomes: Sequence[_Outcome | None],
+        scratch: _Scratch,
         skip: list[str | None],
         n_valid: IntArray,
         n_rows: int,
@@ -556,86 +575,98 @@ class DriftDetector:
         """Combine per feature, correct across features, and build the frozen result."""
         ref, cfg = self._reference, self._config
         n_feat = ref.n_features
-        combined: list[float | None] = [None] * n_feat
-        # Features are combined in groups that share the set of tests that produced a p-value.
-        patterns: dict[tuple[str, ...], list[int]] = defaultdict(list)
-        for f, outcome in enumerate(outcomes):
-            if outcome is None or skip[f] is not None:
-                continue
-            avail = tuple(t for t, p in outcome.pvals.items() if p is not None)
-            if avail:
-                patterns[avail].append(f)
-            else:
-                reasons = "; ".join(f"{t}: {r}" for t, r in outcome.reasons.items() if r)
-                skip[f] = f"no test could be computed ({reasons})"
-        for names, feats in patterns.items():
-            pmat = np.array(
-                [[_pval(outcomes[f], t) for t in names] for f in feats], dtype=np.float64
+        tests = self._tests
+        pmat = np.column_stack([scratch.pvals[t] for t in tests])
+        avail = np.isfinite(pmat)
+        evaluated = np.array([s is None for s in skip]) & np.column_stack(
+            [scratch.ran[t] for t in tests]
+        ).any(axis=1)
+        for f in np.flatnonzero(evaluated & ~avail.any(axis=1)).tolist():
+            reasons = "; ".join(
+                f"{t}: {scratch.reasons[t][f]}" for t in tests if f in scratch.reasons[t]
             )
-            w = np.array([cfg.weight_of(t) for t in names])
-            if len(names) == 1:
-                comb = pmat[:, 0]
+            skip[f] = f"no test could be computed ({reasons})"
+            evaluated[f] = False
+
+        # Combine per feature, in groups sharing the set of tests that gave a p-value.
+        combined = np.full(n_feat, np.nan)
+        weights = np.array([cfg.weight_of(t) for t in tests])
+        ev_idx = np.flatnonzero(evaluated)
+        patterns, which = (
+            np.unique(avail[ev_idx], axis=0, return_inverse=True)
+            if ev_idx.size
+            else (np.zeros((0, len(tests)), dtype=np.bool_), np.zeros(0, dtype=np.int64))
+        )
+        for j, pattern in enumerate(patterns):
+            rows = ev_idx[which.reshape(-1) == j]
+            p = pmat[np.ix_(rows, np.flatnonzero(pattern))]
+            w = weights[pattern] / weights[pattern].sum()
+            if p.shape[1] == 1:
+                combined[rows] = p[:, 0]
             elif cfg.combine == "bonferroni":
-                comb = bonferroni_min(pmat, w / w.sum())
+                combined[rows] = bonferroni_min(p, w)
             else:
-                comb = cauchy_combination(pmat, w / w.sum())
-            for f, value in zip(feats, comb.tolist(), strict=True):
-                combined[f] = value
+                combined[rows] = cauchy_combination(p, w)
 
-        tested = [f for f in range(n_feat) if combined[f] is not None]
-        adjusted: list[float | None] = [None] * n_feat
-        if tested:
-            p = np.array([combined[f] for f in tested], dtype=np.float64)
+        adjusted = np.full(n_feat, np.nan)
+        if ev_idx.size:
             corr = (
-                bonferroni(p, cfg.alpha)
+                bonferroni(combined[ev_idx], cfg.alpha)
                 if cfg.correction == "bonferroni"
-                else (benjamini_hochberg(p, cfg.alpha))
+                else benjamini_hochberg(combined[ev_idx], cfg.alpha)
             )
-            for f, adj in zip(tested, corr.p_adjusted.tolist(), strict=True):
-                adjusted[f] = adj
+            adjusted[ev_idx] = corr.p_adjusted
+        drifted = evaluated & (adjusted <= cfg.alpha)
 
+        stats_l = {t: scratch.stats[t].tolist() for t in tests}
+        pvals_l = {t: scratch.pvals[t].tolist() for t in tests}
+        ran_l = {t: scratch.ran[t].tolist() for t in tests}
+        dist_l = {d: v.tolist() for d, v in scratch.distances.items()}
+        combined_l, adjusted_l = combined.tolist(), adjusted.tolist()
+        drifted_l, evaluated_l, n_valid_l = drifted.tolist(), evaluated.tolist(), n_valid.tolist()
         features: list[FeatureResult] = []
         for f in range(n_feat):
-            outcome = outcomes[f]
-            tests: list[TestResult] = []
+            results: list[TestResult] = []
+            for t in tests:
+                if not ran_l[t][f]:
+                    continue
+                p = pvals_l[t][f]
+                if p == p:  # not NaN
+                    results.append(TestResult(t, stats_l[t][f], p))
+                else:
+                    results.append(TestResult(t, None, None, scratch.reasons[t].get(f)))
             level: PsiLevel | None = None
-            if outcome is not None:
-                for t in outcome.pvals:
-                    tests.append(
-                        TestResult(t, outcome.stats[t], outcome.pvals[t], outcome.reasons[t])
-                    )
-                for d, value in outcome.distances.items():
-                    tests.append(
-                        TestResult(
-                            d,
-                            value,
-                            None,
-                            None if value is not None else "undefined for this feature",
-                        )
-                    )
-                if outcome.psi is not None:
-                    level = psi_level(outcome.psi, cfg.psi_thresholds)
-            adj = adjusted[f]
+            if any(ran_l[t][f] for t in tests):
+                for d, values in dist_l.items():
+                    v = values[f]
+                    if v == v:
+                        results.append(TestResult(d, v, None))
+                    else:
+                        results.append(TestResult(d, None, None, "undefined for this feature"))
+                psi = dist_l.get("psi", [math.nan] * n_feat)[f]
+                if psi == psi:
+                    level = psi_level(psi, cfg.psi_thresholds)
+            ok = evaluated_l[f]
             features.append(
                 FeatureResult(
                     name=ref.feature_names[f],
                     kind=ref.kinds[f],
-                    n_window=int(n_valid[f]),
-                    tests=tuple(tests),
-                    combined_p=combined[f],
-                    adjusted_p=adj,
-                    drifted=adj is not None and adj <= cfg.alpha,
-                    skipped_reason=skip[f] if combined[f] is None else None,
+                    n_window=int(n_valid_l[f]),
+                    tests=tuple(results),
+                    combined_p=combined_l[f] if ok else None,
+                    adjusted_p=adjusted_l[f] if ok else None,
+                    drifted=bool(drifted_l[f]),
+                    skipped_reason=None if ok else skip[f],
                     psi_level=level,
                 )
             )
-        n_drifted = sum(fr.drifted for fr in features)
+        n_drifted = int(drifted.sum())
         return DriftResult(
             evaluated=True,
             drifted=n_drifted > 0,
             n_drifted=n_drifted,
             n_features=n_feat,
-            n_skipped=n_feat - len(tested),
+            n_skipped=n_feat - int(evaluated.sum()),
             n_window=n_rows,
             n_reference=ref.n_rows,
             n_nonfinite_rows_excluded=n_bad_rows,
@@ -673,11 +704,3 @@ class DriftDetector:
             features=features,
             not_evaluated_reason=reason,
         )
-
-
-def _pval(outcome: _Outcome | None, test: str) -> float:
-    """The p-value a test produced (only called for tests known to have one)."""
-    assert outcome is not None
-    p = outcome.pvals[test]
-    assert p is not None
-    return p

@@ -31,9 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors._rows import FloatArray, IntArray
-from detectors.chi2 import bin_counts_sorted, quantile_bin_edges
+from detectors.chi2 import bin_counts_sorted, quantile_levels, unique_edges
 from detectors.errors import InvalidReferenceError
-from detectors.location_scale import SpreadSummary, median_of_sorted_rows
+from detectors.location_scale import SpreadSummary, median_of_sorted_rows, spread_summary_rows
 
 __all__ = ["DEFAULT_MAX_BINS", "DEFAULT_MAX_DISCRETE_VALUES", "FeatureKind", "Reference"]
 
@@ -74,6 +74,9 @@ class Reference:
     n_distinct: IntArray
     bin_edges: tuple[FloatArray, ...]
     bin_counts: tuple[IntArray, ...]
+    n_bins: IntArray
+    padded_edges: FloatArray
+    padded_counts: IntArray
     unusable: tuple[str | None, ...]
     max_bins: int
     max_discrete_values: int
@@ -140,7 +143,23 @@ class Reference:
         median = np.zeros(n_feat)
         zbar = np.zeros(n_feat)
         ss = np.zeros(n_feat)
+        quantiles = np.zeros((n_feat, max_bins - 1))
         n_distinct = np.zeros(n_feat, dtype=np.int64)
+        # Moments, medians and quantiles for all features with the same finite count at once.
+        for n in np.unique(n_finite).tolist():
+            if n == 0:
+                continue
+            group = np.flatnonzero(n_finite == n)
+            block = rows[group, :n]
+            mean[group] = block.mean(axis=1)
+            if n >= 2:
+                var[group] = block.var(axis=1, ddof=1)
+            median[group] = median_of_sorted_rows(block, n)
+            spread_g = spread_summary_rows(block, median[group])
+            zbar[group], ss[group] = spread_g.zbar, spread_g.ss
+            quantiles[group] = np.quantile(block, quantile_levels(max_bins), axis=1).T
+            n_distinct[group] = 1 + (block[:, 1:] != block[:, :-1]).sum(axis=1)
+
         kinds: list[FeatureKind] = []
         edges: list[FloatArray] = []
         counts: list[IntArray] = []
@@ -153,39 +172,37 @@ class Reference:
                 reason = "the reference has no finite values"
             elif n < 2:
                 reason = "the reference has fewer than 2 finite values"
-            distinct = col[np.concatenate([[True], col[1:] != col[:-1]])] if n else col
-            n_distinct[f] = distinct.size
-            if reason is None and distinct.size == 1:
-                reason = f"the reference column is constant (single distinct value {distinct[0]:g})"
+            elif n_distinct[f] == 1:
+                reason = f"the reference column is constant (single distinct value {col[0]:g})"
             if cat[f]:
                 kind: FeatureKind = "categorical"
-            elif 0 < distinct.size <= max_discrete_values:
+            elif 0 < n_distinct[f] <= max_discrete_values:
                 kind = "discrete"
             else:
                 kind = "continuous"
             kinds.append(kind)
             unusable.append(reason)
-            if n >= 1:
-                mean[f] = col.mean()
-                median[f] = median_of_sorted_rows(col[None, :], n)[0]
-                z = np.abs(col - median[f])
-                zbar[f] = z.mean()
-                ss[f] = ((z - zbar[f]) ** 2).sum()
-            if n >= 2:
-                var[f] = col.var(ddof=1)
+            if kind == "continuous":
+                e = unique_edges(quantiles[f], col[0]) if n else np.empty(0)
+            else:
+                distinct = col[np.concatenate([[True], col[1:] != col[:-1]])] if n else col
+                # categorical: the categories; discrete: one bin per value.
+                e = distinct if kind == "categorical" else distinct[1:]
             if kind == "categorical":
-                e = distinct.astype(np.float64)
                 c = np.searchsorted(col, e, side="right") - np.searchsorted(col, e, side="left")
             else:
-                e = (
-                    distinct[1:].astype(np.float64)
-                    if kind == "discrete"
-                    else (quantile_bin_edges(col, max_bins))
-                )
                 c = bin_counts_sorted(col, e) if n > 0 else np.zeros(e.size + 1, dtype=np.int64)
-            edges.append(_readonly(np.ascontiguousarray(e)))
+            edges.append(_readonly(np.ascontiguousarray(e, dtype=np.float64)))
             counts.append(_readonly(np.asarray(c, dtype=np.int64)))
 
+        n_bins = np.array([c.size for c in counts], dtype=np.int64)
+        k_max = int(n_bins.max())
+        padded_edges = np.full((n_feat, max(k_max - 1, 0)), np.inf)
+        padded_counts = np.zeros((n_feat, k_max), dtype=np.int64)
+        for f, (e, c) in enumerate(zip(edges, counts, strict=True)):
+            if kinds[f] != "categorical":
+                padded_edges[f, : e.size] = e
+            padded_counts[f, : c.size] = c
         std = np.sqrt(np.where(n_finite > 1, var * (n_finite - 1) / np.maximum(n_finite, 1), 0.0))
         spread = SpreadSummary(
             n=_readonly(n_finite.astype(np.float64)), zbar=_readonly(zbar), ss=_readonly(ss)
@@ -204,6 +221,9 @@ class Reference:
             n_distinct=_readonly(n_distinct),
             bin_edges=tuple(edges),
             bin_counts=tuple(counts),
+            n_bins=_readonly(n_bins),
+            padded_edges=_readonly(padded_edges),
+            padded_counts=_readonly(padded_counts),
             unusable=tuple(unusable),
             max_bins=max_bins,
             max_discrete_values=max_discrete_values,
