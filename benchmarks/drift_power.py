@@ -181,6 +181,111 @@ def run_class_cell(drift: bool, n_trials: int, fresh: bool, seed: int) -> Cell:
     return Cell(hits=hits, trials=n_trials, times=times)
 
 
+# Per-feature combinations compared by --candidates: name -> (weights, combine, correction).
+CANDIDATES: dict[str, tuple[dict[str, float], str, str]] = {
+    "KS, Bonferroni across features (baseline)": ({"ks": 1}, "cauchy", "bonferroni"),
+    "Welch only, BH": ({"welch": 1}, "cauchy", "bh"),
+    "Welch + BF, Cauchy equal weights, BH": ({"welch": 1, "brown_forsythe": 1}, "cauchy", "bh"),
+    "Welch + BF + chi2, Cauchy equal weights, BH": (
+        {"welch": 1, "brown_forsythe": 1, "chi2": 1},
+        "cauchy",
+        "bh",
+    ),
+    "Welch .8 + BF .1 + chi2 .1, Cauchy, BH (default)": (
+        {"welch": 0.8, "brown_forsythe": 0.1, "chi2": 0.1},
+        "cauchy",
+        "bh",
+    ),
+    "Welch .8 + BF .1 + chi2 .1, Cauchy, Bonferroni": (
+        {"welch": 0.8, "brown_forsythe": 0.1, "chi2": 0.1},
+        "cauchy",
+        "bonferroni",
+    ),
+    "Welch .8 + BF .1 + chi2 .1, weighted Bonferroni-min, BH": (
+        {"welch": 0.8, "brown_forsythe": 0.1, "chi2": 0.1},
+        "bonferroni",
+        "bh",
+    ),
+    "Welch .7 + BF .1 + chi2 .1 + KS .1, Cauchy, BH": (
+        {"welch": 0.7, "brown_forsythe": 0.1, "chi2": 0.1, "ks": 0.1},
+        "cauchy",
+        "bh",
+    ),
+}
+CANDIDATE_SCENARIOS = (
+    SCENARIOS[0],
+    SCENARIOS[1],
+    SCENARIOS[3],
+    SCENARIOS[4],
+    SCENARIOS[5],
+    Scenario("bimodal", "same mean and std, bimodal, in 3/64", tied=False),
+)
+
+
+def _candidate_window(rng: np.random.Generator, sc: Scenario) -> np.ndarray:
+    if sc.key != "bimodal":
+        return _window(rng, sc)
+    x = rng.standard_normal((N_WINDOW, N_FEATURES))
+    # +-0.8 with noise sd 0.6: mean 0 and variance 1 like the reference, different shape.
+    signs = rng.choice([-1.0, 1.0], size=(N_WINDOW, N_SHIFTED))
+    x[:, :N_SHIFTED] = 0.8 * signs + 0.6 * x[:, :N_SHIFTED]
+    return x
+
+
+def run_candidates(n_windows: int, seed: int) -> list[str]:
+    """Detection rates of candidate combinations on the same windows (fresh references).
+
+    Every test runs once per window; each candidate then combines and corrects
+    those p-values its own way, so the candidates are compared on identical data.
+    """
+    from detectors.correction import (
+        benjamini_hochberg,
+        bonferroni,
+        bonferroni_min,
+        cauchy_combination,
+    )
+
+    all_tests = ("welch", "brown_forsythe", "ks", "chi2")
+    cfg = DriftConfig(continuous_tests=all_tests, distances=(), ks_method="asymp")
+    names = [f"x{i}" for i in range(N_FEATURES)]
+    rates: dict[str, list[str]] = {c: [] for c in CANDIDATES}
+    for j, sc in enumerate(CANDIDATE_SCENARIOS):
+        rng = np.random.default_rng(seed + j)
+        hits = dict.fromkeys(CANDIDATES, 0)
+        for _ in range(n_windows):
+            det = DriftDetector(Reference.fit(_draw(rng, N_REFERENCE, sc), names), cfg)
+            window = _candidate_window(rng, sc)
+            if sc.tied:
+                window = np.round(window, 1)
+            res = det.score(window)
+            pmat = np.array(
+                [
+                    [{t.test: t.p_value for t in fr.tests}[name] for name in all_tests]
+                    for fr in res.features
+                ]
+            )
+            for cand, (weights, combine, correction) in CANDIDATES.items():
+                cols = [all_tests.index(t) for t in weights]
+                w = np.array(list(weights.values()))
+                w = w / w.sum()
+                p = pmat[:, cols]
+                if len(cols) == 1:
+                    comb = p[:, 0]
+                elif combine == "cauchy":
+                    comb = cauchy_combination(p, w)
+                else:
+                    comb = bonferroni_min(p, w)
+                corr = bonferroni if correction == "bonferroni" else benjamini_hochberg
+                hits[cand] += int(corr(comb, ALPHA).reject.any())
+        for cand in CANDIDATES:
+            rates[cand].append(_fmt(hits[cand], n_windows))
+        print(f"candidates, {sc.label}: {hits}", file=sys.stderr, flush=True)
+    header = "| combination | " + " | ".join(sc.label for sc in CANDIDATE_SCENARIOS) + " |"
+    lines = [header, "|---|" + "---|" * len(CANDIDATE_SCENARIOS)]
+    lines += [f"| {cand} | " + " | ".join(cells) + " |" for cand, cells in rates.items()]
+    return lines
+
+
 def reference_spread(n_refs: int, n_windows: int, seed: int) -> list[float]:
     """No-drift false-alarm rate of the default, conditional on each of several references.
 
@@ -244,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         default=300,
         help="no-drift windows per reference in the spread",
     )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        help="also compare candidate combinations on this many windows per "
+        "scenario (fresh references); 0: skip",
+    )
     parser.add_argument("--seed", type=int, default=20_251_123)
     parser.add_argument("--out", type=Path, default=None, help="write the table here")
     args = parser.parse_args(argv)
@@ -290,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spread: {spread}", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - started
 
+    candidate_lines: list[str] = []
+    if args.candidates > 0:
+        candidate_lines = run_candidates(args.candidates, int(seeds[-1]) + 2)
     load_before = os.getloadavg()[0]
     timing = time_per_window(200, int(seeds[-1]) + 1)
     cmd = "python benchmarks/drift_power.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -325,6 +440,14 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}. "
         f"Command: `{cmd}` (seed {args.seed}); total run time {elapsed / 60:.1f} min.",
     ]
+    if candidate_lines:
+        lines += [
+            "",
+            f"Candidate combinations on identical windows ({args.candidates} per scenario, "
+            "fresh reference per window):",
+            "",
+            *candidate_lines,
+        ]
     table = "\n".join(lines) + "\n"
     if args.out is not None:
         args.out.write_text(table)
