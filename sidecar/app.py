@@ -16,6 +16,7 @@ from sidecar.models import ModelManager, RuntimeFactory
 from sidecar.server import GrpcRegistrar, Service, SidecarServer
 
 if TYPE_CHECKING:
+    from sidecar.drift import DriftMonitoring
     from sidecar.labels import Labels
     from sidecar.metrics_listener import ServerMetrics
 
@@ -31,6 +32,10 @@ class AppParts:
     ``labels``: the delayed-label join (prediction store, FeedbackService). None
     builds one from ``config.labels`` when it is enabled, exporting to the
     metrics registry; pass your own to choose its store, clock or registry.
+
+    ``drift``: drift monitoring (reference checks at load, the tap, the worker).
+    None builds one exporting to the metrics registry; pass your own to choose
+    its clocks or worker interval.
     """
 
     listeners: list[Listener] = field(default_factory=list)
@@ -38,6 +43,7 @@ class AppParts:
     registrars: list[GrpcRegistrar] = field(default_factory=list)
     metrics: ServerMetrics | None = None
     labels: Labels | None = None
+    drift: DriftMonitoring | None = None
 
 
 def build_server(
@@ -68,12 +74,24 @@ def build_server(
         listeners.append(labels.recorder)
         services.append(labels)
         registrars.append(labels)
+    drift = parts.drift
+    if drift is None:
+        from sidecar.drift import DriftMonitoring
+
+        drift = DriftMonitoring(metrics.registry if metrics is not None else CollectorRegistry())
+    listeners.append(drift)
+    services.append(drift)
     executor = ThreadPoolExecutor(
         max_workers=config.threads.executor_workers, thread_name_prefix="model"
     )
     repository = config.model_repository or MODEL_REPOSITORY
     models = ModelManager(
-        config, repository, listeners, executor=executor, runtime_factory=runtime_factory
+        config,
+        repository,
+        listeners,
+        executor=executor,
+        runtime_factory=runtime_factory,
+        preparers=[drift],
     )
     plane = DataPlane(models, listeners)
     if metrics is not None:

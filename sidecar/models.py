@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from sidecar.codec import RequestCodec
 from sidecar.config import ConfigError, ModelConfig, ServerConfig, load_model_config
@@ -37,6 +38,14 @@ from sidecar.types import ModelSignature, Tensors
 log = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[str, Path, ModelConfig, str], Runtime]
+
+
+class ModelPreparer(Protocol):
+    """Gets ready to monitor a model version that just loaded, before it serves."""
+
+    async def prepare(self, model: ServedModel) -> None:
+        """Read and check what monitoring needs; a SidecarError fails the model's load."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +176,10 @@ class ModelManager:
         listeners: Iterable[Listener] = (),
         executor: Executor | None = None,
         runtime_factory: RuntimeFactory | None = None,
+        preparers: Iterable[ModelPreparer] = (),
     ) -> None:
         self._config = config
+        self._preparers = tuple(preparers)
         self._repository = repository
         self._listeners = tuple(listeners)
         self._executor = executor
@@ -215,6 +226,8 @@ class ModelManager:
             await runtime.load()
             model.codec = RequestCodec(name, runtime.signature, self._config.limits)
             self._check_monitoring(model)
+            for preparer in self._preparers:
+                await preparer.prepare(model)
         except SidecarError as exc:
             model.error = exc.message
             self._record_failure(name, version, exc.message)
