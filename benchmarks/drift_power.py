@@ -356,11 +356,23 @@ def main(argv: list[str] | None = None) -> int:
         help="also compare candidate combinations on this many windows per "
         "scenario (fresh references); 0: skip",
     )
+    parser.add_argument(
+        "--timing-only", action="store_true", help="only measure the time per window"
+    )
     parser.add_argument("--seed", type=int, default=20_251_123)
     parser.add_argument("--out", type=Path, default=None, help="write the table here")
     args = parser.parse_args(argv)
 
     seeds = np.random.SeedSequence(args.seed).generate_state(2 * (len(SCENARIOS) + 2) + 1)
+    if args.timing_only:
+        load = os.getloadavg()[0]
+        timing = time_per_window(200, int(seeds[-1]) + 1)
+        print(
+            "median / minimum ms per window: "
+            + ", ".join(f"{m} {1e3 * a:.1f} / {1e3 * b:.1f}" for m, (a, b) in timing.items())
+            + f" (1-minute load average {load:.1f})"
+        )
+        return 0
     rows: list[tuple[str, int, dict[str, Cell]]] = []
     started = time.perf_counter()
     jobs: list[tuple[str, int, Callable[[bool, int], Cell]]] = []

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detectors.drift import (
     DriftConfig,
@@ -217,3 +219,32 @@ def test_class_distribution_drift() -> None:
     assert (moved.n_reference, moved.n_window) == (5000, 800)
     single = class_distribution_drift([100, 0], [50, 0])
     assert single.p_value is None and not single.drifted and single.skipped_reason
+
+
+_values = st.one_of(
+    st.integers(-3, 3).map(float),
+    st.floats(-5, 5, allow_nan=False),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    ref=st.lists(st.lists(_values, min_size=3, max_size=3), min_size=1, max_size=40),
+    win=st.lists(st.lists(_values, min_size=3, max_size=3), min_size=0, max_size=40),
+    categorical=st.lists(st.booleans(), min_size=3, max_size=3),
+    tests=st.sampled_from([("welch", "brown_forsythe", "chi2"), ("ks", "cvm"), ("chi2",)]),
+)
+def test_arbitrary_small_data_never_crashes_or_yields_nan(
+    ref: list[list[float]], win: list[list[float]], categorical: list[bool], tests: tuple
+) -> None:
+    reference = Reference.fit(np.array(ref), ["a", "b", "c"], categorical=categorical)
+    cfg = DriftConfig(
+        min_window=2,
+        continuous_tests=tests,
+        discrete_tests=tests,
+        distances=("psi", "wasserstein"),
+    )
+    res = DriftDetector(reference, cfg).score(np.array(win, dtype=float).reshape(-1, 3))
+    assert res.n_skipped + sum(f.combined_p is not None for f in res.features) == 3
+    _assert_no_nan_anywhere(res)
