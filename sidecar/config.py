@@ -369,6 +369,9 @@ class DriftFleetConfig(_Section):
         description="adjacent bins are merged until each expects at least 5 of this many rows "
         "(the fleet rules' minimum window)",
     )
+    max_bins: int = Field(
+        10, ge=2, le=100, description="bins per feature at most (smallest adjacent ones merged)"
+    )
 
 
 class DriftMonitoringConfig(_Section):

@@ -17,49 +17,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from detectors.drift import DEFAULT_CONTINUOUS_TESTS, DEFAULT_DISCRETE_TESTS, DriftConfig
-from detectors.errors import DetectorError
 from exporters.drift import DriftCollector
 from sidecar.config import DriftMonitoringConfig
 from sidecar.drift.features import input_features, output_features
-from sidecar.drift.monitor import (
-    Capture,
-    Clock,
-    DriftWorker,
-    ModelMonitor,
-    ScopeReference,
-    fit_scope,
-)
 from sidecar.drift.reference import bind_reference, read_reference
+from sidecar.drift.worker import DriftWorker
 from sidecar.errors import ModelLoadError
 from sidecar.events import BaseListener, RequestRecord
 from sidecar.models import ServedModel
 from sidecar.types import Tensors, TensorSpec
 
-__all__ = ["DriftMonitoring", "detector_config"]
+if TYPE_CHECKING:  # the statistics (scipy) load with the first model that monitors drift
+    from detectors.drift import DriftConfig
+    from sidecar.drift.monitor import Capture, ModelMonitor, ScopeReference
+
+__all__ = ["DriftMonitoring"]
+
+Clock = Callable[[], float]
 
 log = logging.getLogger(__name__)
 
 #: Reference rows per model call when computing the reference's outputs at load.
 REFERENCE_BATCH = 1024
-
-
-def detector_config(config: DriftMonitoringConfig) -> DriftConfig:
-    """The detectors' configuration for a model's drift section."""
-    return DriftConfig(
-        alpha=config.alpha,
-        correction=config.correction,
-        continuous_tests=config.tests or DEFAULT_CONTINUOUS_TESTS,
-        discrete_tests=config.discrete_tests or DEFAULT_DISCRETE_TESTS,
-        psi_thresholds=config.psi_thresholds,
-        min_window=config.min_window,
-    )
 
 
 def _concrete(where: str, spec: TensorSpec) -> tuple[int, ...]:
@@ -111,6 +97,8 @@ class DriftMonitoring(BaseListener):
         config = model.config.monitoring.drift
         if config is None or not config.enabled:
             return
+        from detectors.errors import DetectorError
+
         where = f"model {model.name!r} version {model.version}: monitoring.drift"
         try:
             monitor = await self._build(model, config, where)
@@ -121,6 +109,8 @@ class DriftMonitoring(BaseListener):
     async def _build(
         self, model: ServedModel, config: DriftMonitoringConfig, where: str
     ) -> ModelMonitor:
+        from sidecar.drift.monitor import Capture, detector_config, fit_scope
+
         sig = model.signature
         names = config.inputs if config.inputs is not None else [s.name for s in sig.inputs]
         watched: list[TensorSpec] = []
@@ -218,6 +208,8 @@ class DriftMonitoring(BaseListener):
         outputs: ScopeReference | None,
         capture: Capture | None,
     ) -> ModelMonitor:
+        from sidecar.drift.monitor import ModelMonitor
+
         return ModelMonitor(
             model.name,
             model.version,

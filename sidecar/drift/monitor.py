@@ -26,14 +26,20 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from detectors.chi2 import MIN_EXPECTED, merge_sparse_bins
-from detectors.drift import DriftConfig, DriftDetector, DriftResult
+from detectors.drift import (
+    DEFAULT_CONTINUOUS_TESTS,
+    DEFAULT_DISCRETE_TESTS,
+    DriftConfig,
+    DriftDetector,
+    DriftResult,
+)
 from detectors.reference import Reference
 from exporters.drift import BinLayout, Evaluation, FeatureValue, ModelDrift
 from sidecar.config import DriftFleetConfig, DriftMonitoringConfig
@@ -85,14 +91,26 @@ class FleetBins:
             if reference.kinds[f] == "categorical":
                 rare = counts * config.min_rows < MIN_EXPECTED * total
                 kept = np.flatnonzero(~rare)
-                mapping = np.full(counts.size + 1, kept.size, dtype=np.int64)
+                mapping: np.ndarray = np.full(counts.size + 1, kept.size, dtype=np.int64)
                 mapping[kept] = np.arange(kept.size)
-                merged = np.append(counts[kept], counts[rare].sum()).astype(np.float64)
+                merged: np.ndarray = np.append(counts[kept], counts[rare].sum()).astype(np.float64)
                 is_cat = True
             else:
-                mapping = merge_sparse_bins(counts, config.min_rows, MIN_EXPECTED)
+                mapping = _coarsen(
+                    merge_sparse_bins(counts, config.min_rows, MIN_EXPECTED),
+                    counts,
+                    config.max_bins,
+                )
                 merged = np.bincount(mapping, weights=counts).astype(np.float64)
                 is_cat = False
+            if merged.size > config.max_bins:  # categorical: the rarest kept ones join "other"
+                order = np.argsort(merged[:-1], kind="stable")
+                fold = order[: merged.size - config.max_bins]
+                keep = np.setdiff1d(np.arange(merged.size - 1), fold)
+                remap = np.full(merged.size, keep.size, dtype=np.int64)
+                remap[keep] = np.arange(keep.size)
+                mapping = remap[mapping]
+                merged = np.bincount(remap, weights=merged, minlength=keep.size + 1)
             if np.count_nonzero(merged) < 2:
                 continue
             if used + merged.size > config.max_series:
@@ -134,6 +152,29 @@ class FleetBins:
             k = len(layout.reference_ratios[i])
             out[i, :k] = np.bincount(self.mapping[i][raw], minlength=k)
         return out
+
+
+def _coarsen(mapping: np.ndarray, counts: np.ndarray, max_bins: int) -> np.ndarray:
+    """Merge adjacent bins of ``mapping`` (smallest with its smaller neighbour) to max_bins."""
+    sizes = list(np.bincount(mapping, weights=counts))
+    groups = [[k] for k in range(len(sizes))]
+    while len(sizes) > max_bins:
+        k = int(np.argmin(sizes))
+        if k == 0:
+            nb = 1
+        elif k == len(sizes) - 1:
+            nb = k - 1
+        else:
+            nb = k - 1 if sizes[k - 1] <= sizes[k + 1] else k + 1
+        lo, hi = min(k, nb), max(k, nb)
+        sizes[lo] += sizes[hi]
+        groups[lo].extend(groups[hi])
+        del sizes[hi], groups[hi]
+    relabel = np.empty(sum(len(g) for g in groups), dtype=np.int64)
+    for index, group in enumerate(groups):
+        relabel[group] = index
+    result: np.ndarray = relabel[mapping]
+    return result
 
 
 # --------------------------------------------------------------------------- scopes
@@ -471,54 +512,13 @@ def fit_scope(features: FeatureMap, rows: np.ndarray) -> ScopeReference:
     return ScopeReference(features, reference)
 
 
-class DriftWorker:
-    """The one background thread that processes every model version's monitor."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self._interval = interval
-        self._monitors: dict[tuple[str, str], ModelMonitor] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, monitor: ModelMonitor) -> None:
-        """Process ``monitor`` from now on (replacing one of the same model version)."""
-        with self._lock:
-            self._monitors[(monitor.model, monitor.version)] = monitor
-
-    def remove(self, model: str, version: str) -> None:
-        """Stop processing a model version."""
-        with self._lock:
-            self._monitors.pop((model, version), None)
-
-    def monitors(self) -> Mapping[tuple[str, str], ModelMonitor]:
-        """The monitors processed now."""
-        with self._lock:
-            return dict(self._monitors)
-
-    def run_once(self) -> None:
-        """Process every monitor once (the thread's loop; tests call it directly)."""
-        for monitor in self.monitors().values():
-            try:
-                monitor.process()
-            except Exception:  # one model's surprise must not stop the others
-                log.exception("drift monitor of %s v%s failed", monitor.model, monitor.version)
-
-    def start(self) -> None:
-        """Start the thread (idempotent)."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="drift-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread (a window being evaluated finishes first)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            thread.join(60)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.run_once()
+def detector_config(config: DriftMonitoringConfig) -> DriftConfig:
+    """The detectors' configuration for a model's drift section."""
+    return DriftConfig(
+        alpha=config.alpha,
+        correction=config.correction,
+        continuous_tests=config.tests or DEFAULT_CONTINUOUS_TESTS,
+        discrete_tests=config.discrete_tests or DEFAULT_DISCRETE_TESTS,
+        psi_thresholds=config.psi_thresholds,
+        min_window=config.min_window,
+    )
