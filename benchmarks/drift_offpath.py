@@ -218,7 +218,8 @@ def main() -> None:
             f"{args.seconds:g} s per run, {args.pairs} pairs\n"
         )
         print(
-            "| pair | p50 off ms | p50 on ms | p99 off ms | p99 on ms | p99 on/off | req/s off | req/s on | evaluations during on run (mean s each) |"
+            "| pair | p50 off ms | p50 on ms | p99 off ms | p99 on ms | p99 on/off "
+            "| req/s off | req/s on | evaluations in the on run (mean s each) |"
         )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         ratios = []

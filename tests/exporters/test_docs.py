@@ -135,10 +135,12 @@ def live_scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
         fill_drift_window(client, rows=500, batch=8)  # the digits example's window
         client.close()
         wait_for(
-            lambda: scrape(metrics.http.port).value(
-                "sidecar_drift_evaluations_total", model="digits", version="1", scope="inputs"
-            )
-            == 1,
+            lambda: (
+                scrape(metrics.http.port).value(
+                    "sidecar_drift_evaluations_total", model="digits", version="1", scope="inputs"
+                )
+                == 1
+            ),
             what="a drift evaluation of digits",
         )
         yield scrape(metrics.http.port)
