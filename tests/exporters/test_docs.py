@@ -132,7 +132,7 @@ def live_scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
         inp.set_data_from_numpy(x)
         with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED"):
             client.infer("digits", [inp])
-        fill_drift_window(client, rows=500, batch=8)  # the digits example's window
+        fill_drift_window(client, rows=400, batch=8)  # the digits example's window
         client.close()
         wait_for(
             lambda: (
