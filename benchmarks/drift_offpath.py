@@ -9,6 +9,9 @@ scoring full windows back to back, exactly as it would under heavy traffic.
 (Feeding the rows in-process keeps the network and decoding cost of 100,000
 rows out of the comparison: what is measured is the evaluation.)
 
+Part 0 times the tap on the request path (``DriftMonitoring.on_request``) for
+requests of 1, 64 and 4,096 rows: it should not depend on the size.
+
 Part 1 shows where the GIL is during one evaluation: ``DriftDetector.score`` on
 the same window runs in this process while a second thread spins in pure
 Python; every C call of the evaluation longer than 5 ms is listed with whether
@@ -174,6 +177,64 @@ def measure(address: str, clients: int, seconds: float) -> list[float]:
     return [x for part in latencies for x in part]
 
 
+def tap_cost(iterations: int = 20000, repeat: int = 5) -> None:
+    """Part 0: µs per ``on_request`` call (the worker drains, untimed, every 500 calls)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.config import ModelConfig, ServerConfig
+    from sidecar.drift import DriftMonitoring
+    from sidecar.events import RequestRecord
+    from sidecar.models import ModelManager
+    from sidecar.runtimes.fakes import SumRuntime
+
+    rng = np.random.default_rng(0)
+    repository = Path(tempfile.mkdtemp(prefix="drift-tap-"))
+    (repository / "m").mkdir()
+    np.save(repository / "m" / "reference.npy", rng.standard_normal((5000, FEATURES)))
+    print("| request | sample_rate | µs per call (fastest run) | µs (median run) |")
+    print("|---|---:|---:|---:|")
+    for rate in (1.0, 0.1):
+        drift = DriftMonitoring(CollectorRegistry())
+        manager = ModelManager(ServerConfig(), repository, [drift], preparers=[drift])
+        config = ModelConfig.model_validate(
+            {
+                "monitoring": {
+                    "drift": {
+                        "reference": "reference.npy",
+                        "sample_rate": rate,
+                        "window_size": 1_000_000,
+                        "queue_rows": 10**9,
+                    }
+                }
+            }
+        )
+        model = asyncio.run(
+            manager.add("m", "1", config, SumRuntime(FEATURES), repository / "m" / "1" / "x")
+        )
+        assert model.ready, model.error
+        for rows in (1, 64, 4096):
+            x = rng.standard_normal((rows, FEATURES)).astype(np.float32)
+            outputs = asyncio.run(model.runtime.predict({"x": x}))
+            record = RequestRecord(model, "id", "OK", rows, 0.001, 0.0, {"x": x}, outputs)
+            runs = []
+            for _ in range(repeat):
+                elapsed = 0
+                for _ in range(iterations // 500):
+                    started = time.perf_counter_ns()
+                    for _ in range(500):
+                        drift.on_request(record)
+                    elapsed += time.perf_counter_ns() - started
+                    drift.worker.run_once()
+                runs.append(elapsed / iterations / 1000)
+            print(
+                f"| OK, {rows} rows × {FEATURES} | {rate:g} | {min(runs):.2f} | "
+                f"{statistics.median(runs):.2f} |"
+            )
+    shutil.rmtree(repository)
+
+
 def gil_probe(window: int, repeat: int = 3) -> None:
     """Part 1: C calls of one evaluation longer than 5 ms, and whether they released the GIL."""
     from detectors.drift import DriftDetector
@@ -268,7 +329,9 @@ def main() -> None:
 
         measure(address, args.clients, 2.0)  # warm up
         print(f"machine: {machine()}\n")
-        print(f"Part 1: one evaluation of {args.window} x {FEATURES}, C calls and the GIL\n")
+        print("Part 0: the tap on the request path\n")
+        tap_cost()
+        print(f"\nPart 1: one evaluation of {args.window} x {FEATURES}, C calls and the GIL\n")
         gil_probe(args.window)
         print("\nPart 2: serving latency, drift evaluations off and on\n")
         print(
