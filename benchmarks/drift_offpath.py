@@ -279,6 +279,34 @@ def gil_probe(window: int, repeat: int = 3) -> None:
     stop.set()
     spinner.join()
 
+    # The share of time the GIL is free: a pure-Python loop's speed beside back-to-back
+    # evaluations in another thread, relative to its speed alone.
+    def spin_rate(seconds: float) -> float:
+        n = 0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            n += 1
+        return n / seconds
+
+    alone = spin_rate(2.0)
+    busy = threading.Event()
+    busy.set()
+
+    def evaluate() -> None:
+        while busy.is_set():
+            detector.score(rows)
+
+    worker = threading.Thread(target=evaluate)
+    worker.start()
+    time.sleep(0.5)
+    beside = spin_rate(6.0)
+    busy.clear()
+    worker.join()
+    print(
+        f"\nA pure-Python loop beside back-to-back evaluations in another thread ran at "
+        f"{beside / alone:.0%} of its speed alone ({beside:,.0f} vs {alone:,.0f} iterations/s)."
+    )
+
 
 def machine() -> str:
     cpu = platform.machine()
@@ -306,10 +334,21 @@ def main() -> None:
         help="the drift worker's scheduling: SCHED_IDLE (the server's default), nice 19, "
         "or unchanged",
     )
+    parser.add_argument("--parts", default="0,1,2", help="which parts to run (default 0,1,2)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.window, args.priority)
+        return
+    parts = {p.strip() for p in args.parts.split(",")}
+    if "2" not in parts:
+        print(f"machine: {machine()}\n")
+        if "0" in parts:
+            print("Part 0: the tap on the request path\n")
+            tap_cost()
+        if "1" in parts:
+            print(f"\nPart 1: one evaluation of {args.window} x {FEATURES}, C calls and the GIL\n")
+            gil_probe(args.window)
         return
 
     server = subprocess.Popen(
