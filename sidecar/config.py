@@ -160,8 +160,25 @@ class BatchingConfig(_Section):
     enabled: bool = False
     max_batch_size: int = Field(64, ge=1, description="rows per executed batch")
     max_queue_delay_us: int = Field(500, ge=0, description="longest wait to fill a batch")
-    preferred_batch_sizes: tuple[int, ...] = ()
+    preferred_batch_sizes: tuple[int, ...] = Field(
+        (), description="batch sizes sent as soon as the queue can form one"
+    )
     max_queue_size: int = Field(1024, ge=1, description="requests waiting; more are refused")
+    max_concurrent_batches: int = Field(
+        1, ge=1, description="batches running at once; requests queue (and batch) meanwhile"
+    )
+
+    @model_validator(mode="after")
+    def _preferred_fit(self) -> BatchingConfig:
+        sizes = self.preferred_batch_sizes
+        if any(s < 1 or s > self.max_batch_size for s in sizes):
+            raise ValueError(
+                f"preferred_batch_sizes {list(sizes)} must lie in 1..max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"preferred_batch_sizes {list(sizes)} has duplicates")
+        return self
 
 
 class ClassificationConfig(_Section):
