@@ -1,7 +1,7 @@
 """The request path: resolve the model, decode, run, encode, tell listeners.
 
 O(1) Python work per request besides the model: a dict lookup, the codec's
-per-input checks, one await on the runtime (or batcher), one record handed to
+per-input checks, one await on the runtime (or its batcher), one record handed to
 each listener. Statistics happen elsewhere, off this path.
 """
 
@@ -68,7 +68,7 @@ class DataPlane:
             request_id = request_id or self.new_request_id()
             model.inflight += 1
             try:
-                outputs = await model.predict(inputs, rows)
+                outputs, queue_seconds = await model.predict(inputs, rows)
             except SidecarError:
                 raise
             except Exception as exc:
@@ -114,6 +114,7 @@ class DataPlane:
                 "OK",
                 rows,
                 time.perf_counter() - started,
+                queue_seconds=queue_seconds,
                 inputs=inputs,
                 outputs=outputs,
             )

@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.batcher import Batcher
 from sidecar.codec import RequestCodec
 from sidecar.config import ConfigError, ModelConfig, ServerConfig, load_model_config
 from sidecar.errors import (
@@ -32,7 +33,7 @@ from sidecar.errors import (
 )
 from sidecar.events import Listener
 from sidecar.runtimes import MODEL_FILES, Runtime, create_runtime
-from sidecar.types import ModelSignature, Tensors
+from sidecar.types import ModelSignature, Prediction, Tensors
 
 log = logging.getLogger(__name__)
 
@@ -138,23 +139,34 @@ class ServedModel:
     inflight: int = 0  # requests inside predict() right now
     codec: RequestCodec | None = None
     listeners: tuple[Listener, ...] = field(default=(), repr=False)
+    batcher: Batcher | None = None  # set when config.batching.enabled
 
     @property
     def signature(self) -> ModelSignature:
         """The runtime's inputs and outputs."""
         return self.runtime.signature
 
-    async def predict(self, inputs: Tensors, rows: int) -> Tensors:
-        """Run one batch on the runtime and tell listeners how long it took."""
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting in the batcher (0 without batching)."""
+        return self.batcher.depth if self.batcher is not None else 0
+
+    async def predict(self, inputs: Tensors, rows: int) -> Prediction:
+        """Run one request (through the batcher when batching is on)."""
+        if self.batcher is not None:
+            return await self.batcher.predict(inputs, rows)
         started = time.perf_counter()
         outputs = await self.runtime.predict(inputs)
-        elapsed = time.perf_counter() - started
+        self.report_batch(rows, time.perf_counter() - started)
+        return Prediction(outputs)
+
+    def report_batch(self, rows: int, compute_seconds: float) -> None:
+        """Tell listeners the runtime executed one batch of ``rows`` rows."""
         for listener in self.listeners:
             try:
-                listener.on_batch(self, rows, elapsed)
+                listener.on_batch(self, rows, compute_seconds)
             except Exception:
                 log.exception("listener %r failed on_batch", listener)
-        return outputs
 
 
 class ModelManager:
@@ -212,6 +224,8 @@ class ModelManager:
             await runtime.load()
             model.codec = RequestCodec(name, runtime.signature, self._config.limits)
             self._check_monitoring(model)
+            if config.batching.enabled:
+                model.batcher = Batcher(name, runtime, config.batching, model.report_batch)
         except SidecarError as exc:
             model.error = exc.message
             self._record_failure(name, version, exc.message)
@@ -329,6 +343,8 @@ class ModelManager:
         for model in list(self._models.values()):
             if model.ready:
                 model.ready = False
+                if model.batcher is not None:
+                    await model.batcher.close()
                 await model.runtime.unload()
                 for listener in self._listeners:
                     listener.on_model_unloaded(model)
