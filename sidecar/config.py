@@ -108,6 +108,12 @@ class ThreadsConfig(_Section):
     """Thread pools: model execution and the runtimes' own pools (0 = library default)."""
 
     executor_workers: int = Field(4, ge=1, description="threads that run models")
+    inline_max_us: int = Field(
+        100,
+        ge=0,
+        description="model calls measured faster than this run on the event loop, where "
+        "they cost less than a thread hand-off; 0: always in a thread",
+    )
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(0, ge=0)
 

@@ -76,7 +76,7 @@ class TorchRuntime(ExecutorRuntime):
         threads: ThreadsConfig,
         executor: Executor | None = None,
     ) -> None:
-        super().__init__(executor)
+        super().__init__(executor, threads.inline_max_us / 1e6)
         self._name = name
         self._path = path
         self._config = config
@@ -201,8 +201,8 @@ class TorchRuntime(ExecutorRuntime):
         return TensorSpec(name, datatype, shape)
 
     async def predict(self, inputs: Tensors) -> Tensors:
-        """Run one batch in the executor (torch releases the GIL in its kernels)."""
-        return await self._in_executor(self._run, inputs)  # type: ignore[return-value]
+        """Run one batch: in the executor (torch releases the GIL), or inline if tiny."""
+        return await self._run_batch(self._run, inputs)
 
     def _run(self, inputs: Tensors) -> Tensors:
         torch = self._torch
