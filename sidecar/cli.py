@@ -78,6 +78,51 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if models.failures else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import signal
+
+    from sidecar import bench
+
+    options = bench.BenchOptions(
+        target=args.target,
+        model=args.model,
+        version=args.model_version,
+        concurrency=bench.parse_concurrency(args.concurrency),
+        duration=None if args.requests is not None else args.duration,
+        requests=args.requests,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        data=None if args.input_data == "random" else Path(args.input_data),
+        shapes=dict(bench.parse_shape(s) for s in args.shape),
+        contents=args.contents,
+        streaming=args.streaming,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        seed=args.seed,
+    )
+    progress = bench.progress_for(args.progress, options)
+
+    async def run() -> bench.BenchReport:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def interrupted() -> None:
+            stop.set()
+            loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C ends it at once
+
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        try:
+            return await bench.run_bench(options, stop, progress)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    report = asyncio.run(run())
+    print(bench.report_json(report) if args.json else bench.format_report(report))
+    if report.interrupted:
+        return 130
+    return 1 if report.stopped else 0
+
+
 def _describe(model: ServedModel) -> str:
     sig = model.signature
     ins = ", ".join(f"{s.name} {s.describe()}" for s in sig.inputs)
@@ -106,6 +151,53 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("repository", type=Path, nargs="?", help="default: bundled examples")
     validate.add_argument("--config", type=Path, help="sidecar.yaml")
     validate.set_defaults(func=_validate)
+
+    bench = sub.add_parser(
+        "bench",
+        help="closed-loop load generator for a KServe v2 gRPC server (like perf_analyzer)",
+        description="Keep N requests in flight against a KServe v2 gRPC server and report "
+        "throughput, latency percentiles and errors by status code. Ctrl-C stops early and "
+        "prints what was measured.",
+    )
+    bench.add_argument("-u", "--target", default="localhost:8001", help="host:port")
+    bench.add_argument("-m", "--model", required=True, help="model name")
+    bench.add_argument("-x", "--model-version", default="", help="default: the server's choice")
+    bench.add_argument(
+        "-c",
+        "--concurrency",
+        default="1",
+        help="requests in flight: N, a list 1,4,16, or a range start:end[:step] (default 1)",
+    )
+    length = bench.add_mutually_exclusive_group()
+    length.add_argument("-d", "--duration", type=float, default=10.0, help="seconds per level")
+    length.add_argument("-n", "--requests", type=int, help="requests per level instead")
+    bench.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per level")
+    bench.add_argument("-b", "--batch-size", type=int, default=1, help="rows per request")
+    bench.add_argument(
+        "--input-data",
+        default="random",
+        help="'random' (of the model's shapes) or a .npy (one input) / .npz (by input name)",
+    )
+    bench.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME:D1,D2",
+        help="full shape of an input with dynamic dimensions (repeatable)",
+    )
+    bench.add_argument("--contents", choices=["raw", "typed"], default="raw")
+    bench.add_argument("--streaming", action="store_true", help="use ModelStreamInfer")
+    bench.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    bench.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random input data")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    bench.set_defaults(func=_bench)
     return parser
 
 

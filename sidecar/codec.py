@@ -21,7 +21,7 @@ from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.types import DATATYPES, ModelSignature, Tensors, TensorSpec, datatype_of
 
 #: v2 datatype → the ``InferTensorContents`` field that carries it (FP16: raw only).
-_CONTENTS_FIELD: dict[str, str] = {
+CONTENTS_FIELD: dict[str, str] = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
     "INT16": "int_contents",
@@ -176,7 +176,7 @@ class RequestCodec:
         shape: tuple[int, ...],
     ) -> np.ndarray:
         where = f"model {self._model!r}, input {spec.name!r}"
-        field = _CONTENTS_FIELD.get(spec.datatype)
+        field = CONTENTS_FIELD.get(spec.datatype)
         if field is None:
             raise InvalidRequestError(
                 f"{where}: {spec.datatype} has no typed contents field; "

@@ -4,6 +4,7 @@
     ├── ConfigError              invalid sidecar.yaml / config.yaml (start-up)
     ├── ModelLoadError           a model file that cannot be loaded (start-up)
     ├── MissingDependencyError   an optional backend that is not installed
+    ├── BenchError               the load generator cannot run (server, model, data)
     └── RequestError             anything a client caused; carries a status
         ├── InvalidRequestError      INVALID_ARGUMENT
         ├── ModelNotFoundError       NOT_FOUND
@@ -51,6 +52,10 @@ class ModelLoadError(SidecarError):
 
 class MissingDependencyError(SidecarError):
     """An optional backend is needed but not installed; names the extra."""
+
+
+class BenchError(SidecarError):
+    """``inference-sidecar bench`` cannot go on: no server, unknown model, unusable data."""
 
 
 class RequestError(SidecarError):
