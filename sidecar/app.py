@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
@@ -12,14 +13,23 @@ from sidecar.examples import MODEL_REPOSITORY
 from sidecar.models import ModelManager, RuntimeFactory
 from sidecar.server import GrpcRegistrar, Service, SidecarServer
 
+if TYPE_CHECKING:
+    from sidecar.metrics_listener import ServerMetrics
+
 
 @dataclass
 class AppParts:
-    """Extra pieces (metrics, monitors, stores) that plug into the server."""
+    """Extra pieces (metrics, monitors, stores) that plug into the server.
+
+    ``metrics``: the Prometheus side (registry, listener, ``/metrics`` endpoint).
+    None builds one from ``config.metrics`` when it is enabled; pass your own to
+    choose its registry or GPU source and to read its bound port in tests.
+    """
 
     listeners: list[Listener] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     registrars: list[GrpcRegistrar] = field(default_factory=list)
+    metrics: ServerMetrics | None = None
 
 
 def build_server(
@@ -29,12 +39,24 @@ def build_server(
 ) -> SidecarServer:
     """A SidecarServer for ``config``; ``runtime_factory`` is the seam for fake runtimes."""
     parts = parts or AppParts()
+    listeners = list(parts.listeners)
+    services = list(parts.services)
+    metrics = parts.metrics
+    if metrics is None and config.metrics.enabled:
+        from sidecar.metrics_listener import ServerMetrics
+
+        metrics = ServerMetrics(config.metrics)
+    if metrics is not None:
+        listeners.insert(0, metrics.listener)
+        services.insert(0, metrics)
     executor = ThreadPoolExecutor(
         max_workers=config.threads.executor_workers, thread_name_prefix="model"
     )
     repository = config.model_repository or MODEL_REPOSITORY
     models = ModelManager(
-        config, repository, parts.listeners, executor=executor, runtime_factory=runtime_factory
+        config, repository, listeners, executor=executor, runtime_factory=runtime_factory
     )
-    plane = DataPlane(models, parts.listeners)
-    return SidecarServer(config, plane, parts.services, parts.registrars)
+    plane = DataPlane(models, listeners)
+    if metrics is not None:
+        metrics.watch(plane)
+    return SidecarServer(config, plane, services, parts.registrars)

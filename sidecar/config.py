@@ -57,7 +57,10 @@ def _check_device(value: str | None) -> str | None:
 class GrpcConfig(_Section):
     """The gRPC listener (KServe v2 inference, feedback, health, reflection)."""
 
-    host: str = "0.0.0.0"  # noqa: S104 - a sidecar listens on the pod network by design
+    host: str = Field(
+        "0.0.0.0",  # noqa: S104 - a sidecar listens on the pod network by design
+        description="address to bind; :: for IPv6, 127.0.0.1 for same-pod callers only",
+    )
     port: int = Field(8001, ge=0, le=65535, description="0 picks a free port")
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger messages fail")
 
@@ -65,10 +68,15 @@ class GrpcConfig(_Section):
 class MetricsConfig(_Section):
     """The Prometheus HTTP endpoint (``/metrics``, ``/healthz``)."""
 
-    enabled: bool = True
-    host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
-    port: int = Field(8002, ge=0, le=65535)
-    latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
+    enabled: bool = Field(True, description="serve /metrics and /healthz")
+    host: str = Field(
+        "0.0.0.0",  # noqa: S104 - scraped from outside the pod
+        description="address to bind",
+    )
+    port: int = Field(8002, ge=0, le=65535, description="0 picks a free port")
+    latency_buckets: tuple[float, ...] = Field(
+        DEFAULT_LATENCY_BUCKETS, description="histogram buckets (seconds) of every duration"
+    )
 
     @field_validator("latency_buckets")
     @classmethod
@@ -98,7 +106,7 @@ class ShutdownConfig(_Section):
 class LoggingConfig(_Section):
     """Log level and format."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     json_format: bool = Field(False, alias="json", description="one JSON object per line")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -114,21 +122,33 @@ class ThreadsConfig(_Section):
         description="model calls measured faster than this run on the event loop, where "
         "they cost less than a thread hand-off; 0: always in a thread",
     )
-    intra_op_threads: int = Field(0, ge=0)
-    inter_op_threads: int = Field(0, ge=0)
+    intra_op_threads: int = Field(0, ge=0, description="threads inside one operator")
+    inter_op_threads: int = Field(0, ge=0, description="operators run in parallel")
+
+
+class StartupConfig(_Section):
+    """What start-up does when a model fails to load."""
+
+    exit_on_model_error: bool = Field(
+        False, description="stop start-up (exit 2) instead of serving the other models"
+    )
+    strict_readiness: bool = Field(
+        True, description="ServerReady (and overall health) needs every model ready"
+    )
 
 
 class ServerConfig(_Section):
     """Root of ``sidecar.yaml``."""
 
     model_repository: Path | None = Field(None, description="None serves the bundled examples")
-    device: Device = "auto"
+    device: Device = Field("auto", description="auto (GPU when present), cpu, cuda or cuda:N")
     grpc: GrpcConfig = GrpcConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     logging: LoggingConfig = LoggingConfig()
     threads: ThreadsConfig = ThreadsConfig()
+    startup: StartupConfig = StartupConfig()
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 
@@ -139,8 +159,8 @@ class ServerConfig(_Section):
 class TensorOverride(_Section):
     """Overrides what the model file says about one input or output."""
 
-    name: str
-    datatype: DataTypeName | None = None
+    name: str = Field(description="the tensor's name in the model file")
+    datatype: DataTypeName | None = Field(None, description="KServe v2 datatype")
     shape: tuple[int, ...] | None = Field(None, description="-1 marks a dynamic dimension")
     rename: str | None = Field(None, description="the name clients use (torch outputs)")
 
@@ -155,15 +175,17 @@ class TensorOverride(_Section):
 class OnnxOptions(_Section):
     """ONNX Runtime session options (None = the server's threads settings)."""
 
-    intra_op_threads: int | None = Field(None, ge=0)
-    inter_op_threads: int | None = Field(None, ge=0)
-    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_threads: int | None = Field(None, ge=0, description="None: threads.intra_op_threads")
+    inter_op_threads: int | None = Field(None, ge=0, description="None: threads.inter_op_threads")
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisations"
+    )
 
 
 class BatchingConfig(_Section):
     """Dynamic batching: concurrent requests are run as one batch."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="batch concurrent requests together")
     max_batch_size: int = Field(64, ge=1, description="rows per executed batch")
     max_queue_delay_us: int = Field(500, ge=0, description="longest wait to fill a batch")
     preferred_batch_sizes: tuple[int, ...] = Field(
@@ -190,9 +212,13 @@ class BatchingConfig(_Section):
 class ClassificationConfig(_Section):
     """Which output holds class scores, and the class names (label values)."""
 
-    output: str
-    class_names: tuple[str, ...] = Field(min_length=2)
-    scores: Literal["logits", "probabilities"] = "probabilities"
+    output: str = Field(description="output holding one score per class")
+    class_names: tuple[str, ...] = Field(
+        min_length=2, description="one per score column; the only class label values"
+    )
+    scores: Literal["logits", "probabilities"] = Field(
+        "probabilities", description="logits are softmaxed before confidence is measured"
+    )
 
     @field_validator("class_names")
     @classmethod
@@ -207,14 +233,16 @@ class ClassificationConfig(_Section):
 class RegressionConfig(_Section):
     """Which outputs are regression values."""
 
-    outputs: tuple[str, ...] = Field(min_length=1)
+    outputs: tuple[str, ...] = Field(min_length=1, description="outputs holding predicted values")
     buckets: tuple[float, ...] | None = Field(None, description="output_value histogram buckets")
 
 
 class MonitoringConfig(_Section):
     """What the server watches for this model."""
 
-    task: Literal["classification", "regression", "none"] = "none"
+    task: Literal["classification", "regression", "none"] = Field(
+        "none", description="what the outputs mean"
+    )
     classification: ClassificationConfig | None = None
     regression: RegressionConfig | None = None
 
@@ -234,8 +262,8 @@ class ModelConfig(_Section):
     runtime: Literal["onnx", "torch"] | None = Field(None, description="None: from the file")
     versions: tuple[int, ...] | None = Field(None, description="None serves the newest")
     device: Device | None = Field(None, description="None inherits the server's device")
-    inputs: tuple[TensorOverride, ...] = ()
-    outputs: tuple[TensorOverride, ...] = ()
+    inputs: tuple[TensorOverride, ...] = Field((), description="overrides of input specs")
+    outputs: tuple[TensorOverride, ...] = Field((), description="overrides of output specs")
     onnx: OnnxOptions = OnnxOptions()
     batching: BatchingConfig = BatchingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()

@@ -7,6 +7,7 @@ each listener. Statistics happen elsewhere, off this path.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -37,11 +38,23 @@ class DataPlane:
         self._ids = itertools.count(1)
         self.shutting_down = False
         self.inflight = 0
+        self._idle = asyncio.Event()
 
     @property
     def models(self) -> ModelManager:
         """The models this plane serves."""
         return self._models
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new requests (UNAVAILABLE); wait up to ``timeout`` s for in-flight ones."""
+        self.shutting_down = True
+        if self.inflight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def new_request_id(self) -> str:
         """A request id unique across replicas: random process prefix + counter."""
@@ -107,6 +120,8 @@ class DataPlane:
             raise
         finally:
             self.inflight -= 1
+            if self.shutting_down and self.inflight == 0:
+                self._idle.set()
         self._emit(
             RequestRecord(
                 model,

@@ -79,32 +79,32 @@ def scan_repository(root: Path) -> RepositoryScan:
     sources: list[ModelSource] = []
     problems: list[tuple[str, str]] = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        name = model_dir.name
+        # A malformed config.yaml is the operator's error: it stops start-up (ConfigError).
+        config = load_model_config(model_dir / "config.yaml")
+        name = config.name or model_dir.name
         try:
             if not _inside(root, model_dir):
-                raise ConfigError(f"{model_dir}: resolves outside the repository {root}")
-            config = load_model_config(model_dir / "config.yaml")
-            name = config.name or name
+                raise ModelLoadError(f"{model_dir}: resolves outside the repository {root}")
             versions = _versions(model_dir)
             if not versions:
-                raise ConfigError(
+                raise ModelLoadError(
                     f"{model_dir}: no version directory with one of {', '.join(MODEL_FILES)}"
                 )
             wanted = config.versions or (max(versions),)
             missing = [v for v in wanted if v not in versions]
             if missing:
-                raise ConfigError(
+                raise ModelLoadError(
                     f"{model_dir / 'config.yaml'}: versions: {missing} not found; "
                     f"present: {sorted(versions)}"
                 )
             for version in wanted:
                 path = versions[version]
                 if not _inside(root, path):
-                    raise ConfigError(f"{path}: resolves outside the repository {root}")
+                    raise ModelLoadError(f"{path}: resolves outside the repository {root}")
                 if os.stat(path).st_mode & stat.S_IWOTH:
-                    raise ConfigError(f"{path}: writable by any user; refusing to load it")
+                    raise ModelLoadError(f"{path}: writable by any user; refusing to load it")
                 sources.append(ModelSource(name, version, path, config))
-        except SidecarError as exc:
+        except ModelLoadError as exc:
             problems.append((name, exc.message))
     return RepositoryScan(tuple(sources), tuple(problems))
 
@@ -116,7 +116,7 @@ def _versions(model_dir: Path) -> dict[int, Path]:
             continue
         files = [entry / f for f in MODEL_FILES if (entry / f).is_file()]
         if len(files) > 1:
-            raise ConfigError(
+            raise ModelLoadError(
                 f"{entry}: several model files ({', '.join(f.name for f in files)}); keep one"
             )
         if files:
@@ -207,6 +207,9 @@ class ModelManager:
                 source.name, source.path, source.config, source.config.device or self._config.device
             )
             await self.add(source.name, str(source.version), source.config, runtime, source.path)
+        if self._failures and self._config.startup.exit_on_model_error:
+            details = "; ".join(self._failures.values())
+            raise ModelLoadError(f"{len(self._failures)} model(s) failed to load: {details}")
 
     async def add(
         self,

@@ -93,7 +93,8 @@ class SidecarServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
+        servicer = InferenceServicer(self._plane, self._config.startup.strict_readiness)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
             grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -121,7 +122,10 @@ class SidecarServer:
         models = self._plane.models
         for name in {m.name for m in models.models} | {n for n, _ in models.failures}:
             await self._health.set(name, serving if models.is_ready(name) else not_serving)
-        await self._health.set("", serving if models.all_ready else not_serving)
+        overall = models.all_ready or (
+            not self._config.startup.strict_readiness and any(m.ready for m in models.models)
+        )
+        await self._health.set("", serving if overall else not_serving)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, wait drain_delay, refuse new work, finish in-flight, stop."""
@@ -133,8 +137,13 @@ class SidecarServer:
         log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", grace)
         if shutdown.drain_delay_seconds:
             await asyncio.sleep(shutdown.drain_delay_seconds)
-        self._plane.shutting_down = True
-        await self._server.stop(grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Our own refusal (UNAVAILABLE, a clear message) while in-flight requests finish;
+        # grpc's own stop() would cancel new calls on open connections instead.
+        if not await self._plane.drain(grace):
+            log.warning("grace period over with %d requests in flight", self._plane.inflight)
+        await self._server.stop(max(0.0, deadline - loop.time()))
         self._server = None
         for service in reversed(self._services):
             await service.stop()
@@ -148,10 +157,10 @@ class SidecarServer:
 
     async def serve_until_signal(self) -> None:
         """Start, then stop cleanly on SIGTERM or SIGINT."""
-        await self.start()
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
         await stop_requested.wait()
         await self.stop()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from sidecar.app import AppParts, build_server
 from sidecar.config import ModelConfig, ServerConfig
@@ -90,3 +93,41 @@ def running_server(
         yield thread
     finally:
         thread.close()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def spawn(args: Sequence[str], **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
+    """Start ``python -m ...`` from the repository root with stderr piped as text.
+
+    The process is killed (if still running) and its pipes closed on exit.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def wait_for_line(stream: IO[str] | None, needle: str, timeout: float = 60) -> list[str]:
+    """Read lines until one contains ``needle``; AssertionError with the output otherwise."""
+    assert stream is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"never saw {needle!r}; output was:\n{''.join(seen)}")

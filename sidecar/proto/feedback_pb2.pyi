@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -17,7 +15,6 @@ class LabelOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPIRED: _ClassVar[LabelOutcome]
     DUPLICATE: _ClassVar[LabelOutcome]
     INVALID: _ClassVar[LabelOutcome]
-
 LABEL_OUTCOME_UNSPECIFIED: LabelOutcome
 MATCHED: LabelOutcome
 UNKNOWN_ID: LabelOutcome
@@ -26,7 +23,7 @@ DUPLICATE: LabelOutcome
 INVALID: LabelOutcome
 
 class Label(_message.Message):
-    __slots__ = ("class_index", "class_name", "model_name", "number", "request_id", "row")
+    __slots__ = ("request_id", "model_name", "row", "class_name", "class_index", "number")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
@@ -39,40 +36,30 @@ class Label(_message.Message):
     class_name: str
     class_index: int
     number: float
-    def __init__(
-        self,
-        request_id: str | None = ...,
-        model_name: str | None = ...,
-        row: int | None = ...,
-        class_name: str | None = ...,
-        class_index: int | None = ...,
-        number: float | None = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., row: _Optional[int] = ..., class_name: _Optional[str] = ..., class_index: _Optional[int] = ..., number: _Optional[float] = ...) -> None: ...
 
 class SendLabelsRequest(_message.Message):
     __slots__ = ("labels",)
     LABELS_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[Label]
-    def __init__(self, labels: _Iterable[Label | _Mapping] | None = ...) -> None: ...
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
 
 class LabelResult(_message.Message):
-    __slots__ = ("detail", "outcome")
+    __slots__ = ("outcome", "detail")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     outcome: LabelOutcome
     detail: str
-    def __init__(
-        self, outcome: LabelOutcome | str | None = ..., detail: str | None = ...
-    ) -> None: ...
+    def __init__(self, outcome: _Optional[_Union[LabelOutcome, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class SendLabelsResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[LabelResult]
-    def __init__(self, results: _Iterable[LabelResult | _Mapping] | None = ...) -> None: ...
+    def __init__(self, results: _Optional[_Iterable[_Union[LabelResult, _Mapping]]] = ...) -> None: ...
 
 class StreamLabelsResponse(_message.Message):
-    __slots__ = ("duplicate", "expired", "invalid", "matched", "received", "unknown_id")
+    __slots__ = ("received", "matched", "unknown_id", "expired", "duplicate", "invalid")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     MATCHED_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -85,12 +72,4 @@ class StreamLabelsResponse(_message.Message):
     expired: int
     duplicate: int
     invalid: int
-    def __init__(
-        self,
-        received: int | None = ...,
-        matched: int | None = ...,
-        unknown_id: int | None = ...,
-        expired: int | None = ...,
-        duplicate: int | None = ...,
-        invalid: int | None = ...,
-    ) -> None: ...
+    def __init__(self, received: _Optional[int] = ..., matched: _Optional[int] = ..., unknown_id: _Optional[int] = ..., expired: _Optional[int] = ..., duplicate: _Optional[int] = ..., invalid: _Optional[int] = ...) -> None: ...

@@ -93,6 +93,12 @@ class OnnxRuntime(ExecutorRuntime):
         assert self._info is not None, "load() first"
         return self._info
 
+    @property
+    def session_options(self) -> Any:
+        """The onnxruntime SessionOptions the session was created with."""
+        assert self._session is not None, "load() first"
+        return self._session.get_session_options()
+
     async def load(self) -> None:
         """Create the inference session in the executor."""
         await self._in_executor(self._load)

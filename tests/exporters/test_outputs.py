@@ -1,0 +1,121 @@
+"""OutputCollector: outputs analysed off the request path, bounded, exact at scrape time."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporters.outputs import OutputCollector, OutputMonitoring
+from tests.exporters.scrape import wait_for
+
+CLASSIFIER = OutputMonitoring(
+    float_outputs=("p",), classification_output="p", class_names=("a", "b", "c")
+)
+
+
+def get(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_nothing_to_watch_means_no_state() -> None:
+    collector = OutputCollector(CollectorRegistry())
+    assert collector.stats("m", "1", OutputMonitoring()) is None
+
+
+def test_state_survives_a_reload_with_the_same_config() -> None:
+    registry = CollectorRegistry()
+    collector = OutputCollector(registry)
+    first = collector.stats("m", "1", CLASSIFIER)
+    assert first is not None
+    collector.submit(first, {"p": np.array([[0.1, 0.2, 0.7]])})
+    assert collector.stats("m", "1", CLASSIFIER) is first
+    changed = OutputMonitoring(float_outputs=("p",), regression_outputs=("p",))
+    assert collector.stats("m", "1", changed) is not first
+    assert get(registry, "sidecar_nonfinite_outputs_total", model="m", version="1", output="p") == 0
+
+
+def test_scrape_analyses_what_is_queued() -> None:
+    registry = CollectorRegistry()
+    collector = OutputCollector(registry)
+    stats = collector.stats("m", "1", CLASSIFIER)
+    assert stats is not None
+    for _ in range(5):
+        collector.submit(stats, {"p": np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])})
+    assert collector.pending == 5
+    labels = {"model": "m", "version": "1"}
+    assert get(registry, "sidecar_predictions_total", **labels, **{"class": "c"}) == 5
+    assert get(registry, "sidecar_predictions_total", **labels, **{"class": "a"}) == 5
+    assert get(registry, "sidecar_prediction_confidence_count", **labels) == 10
+    assert collector.pending == 0
+
+
+def test_the_worker_drains_without_a_scrape() -> None:
+    collector = OutputCollector(CollectorRegistry(), interval=0.01)
+    stats = collector.stats("m", "1", CLASSIFIER)
+    assert stats is not None
+    collector.start()
+    try:
+        collector.submit(stats, {"p": np.array([[0.1, 0.2, 0.7]])})
+        wait_for(lambda: collector.pending == 0, what="the worker to drain the queue")
+    finally:
+        collector.stop()
+    assert stats.class_counts.tolist() == [0, 0, 1, 0]
+
+
+def test_stop_analyses_the_rest() -> None:
+    collector = OutputCollector(CollectorRegistry(), interval=3600)
+    stats = collector.stats("m", "1", CLASSIFIER)
+    assert stats is not None
+    collector.start()
+    collector.submit(stats, {"p": np.array([[0.9, 0.05, 0.05]])})
+    collector.stop()
+    assert collector.pending == 0
+    assert stats.class_counts.tolist() == [1, 0, 0, 0]
+
+
+def test_queue_is_bounded_by_requests_and_bytes() -> None:
+    registry = CollectorRegistry()
+    collector = OutputCollector(registry, max_pending=2, max_pending_bytes=10_000)
+    stats = collector.stats("m", "1", CLASSIFIER)
+    assert stats is not None
+    small = {"p": np.zeros((1, 3))}
+    for _ in range(3):
+        collector.submit(stats, small)
+    assert collector.pending == 2
+    assert get(registry, "sidecar_output_observations_dropped_total") == 1
+    big = {"p": np.zeros((1000, 3))}  # 24 kB > 10 kB budget
+    collector.submit(stats, big)
+    assert collector.pending == 0  # the scrape above drained; the big one was refused
+    assert get(registry, "sidecar_output_observations_dropped_total") == 2
+    # unmonitored outputs cost nothing against the budget
+    collector.submit(stats, {**small, "huge": np.zeros(100_000)})
+    assert collector.pending == 1
+
+
+def test_differing_class_dimensions_are_analysed_apart() -> None:
+    registry = CollectorRegistry()
+    collector = OutputCollector(registry)
+    stats = collector.stats("m", "1", CLASSIFIER)
+    assert stats is not None
+    collector.submit(stats, {"p": np.array([[0.1, 0.8, 0.1]])})
+    collector.submit(stats, {"p": np.array([[0.1, 0.1, 0.1, 0.7], [0.7, 0.1, 0.1, 0.1]])})
+    collector.drain()
+    assert stats.class_counts.tolist() == [1, 1, 0, 1]  # a, b, c, other
+
+
+def test_a_failing_analysis_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    collector = OutputCollector(registry)
+    good = collector.stats("good", "1", CLASSIFIER)
+    bad = collector.stats("bad", "1", CLASSIFIER)
+    assert good is not None and bad is not None
+    collector.submit(bad, {"p": np.array([["not", "numbers", "!"]])})  # argmax of strings fails
+    collector.submit(good, {"p": np.array([[0.1, 0.8, 0.1]])})
+    with caplog.at_level(logging.ERROR, logger="exporters.outputs"):
+        collector.drain()
+    assert good.class_counts.tolist() == [0, 1, 0, 0]
+    assert collector.pending == 0
+    assert "output analysis of bad v1 failed" in caplog.text
