@@ -123,17 +123,24 @@ class InlinePolicy:
       proves its size fast (wall time there is an upper bound: it includes
       waiting for the GIL).
     - A call in a thread whose CPU time (not counting GIL waits) was below
-      ``max_seconds`` makes its size a candidate: at most once per back-off
-      period one such call runs inline as a probe.
-    - An inline call that took ``max_seconds`` or more demotes its size at
-      once and doubles the back-off (1 s up to 60 s), so a model that is slow
-      without using CPU (waiting on a GPU, say) blocks the loop for at most
-      one call per back-off period.
+      ``PROBE_FACTOR × max_seconds`` makes its size a candidate: at most once
+      per back-off period one such call runs inline as a probe. (CPU time in
+      a thread overstates a call's cost too when threads compete for the
+      cores: onnxruntime's caller thread spins while its pool threads wait
+      for a core. The probe measures the real thing.)
+    - Three inline calls in a row that took ``max_seconds`` or more, or one
+      that took ``PROBE_FACTOR`` times that, demote their size and double the
+      back-off (1 s up to 60 s). One slow call alone is usually the process
+      being preempted on a busy machine, not the model; a model that really
+      is slow without using CPU (waiting on a GPU, say) blocks the loop for a
+      few calls per back-off period at most.
 
     ``max_seconds = 0`` disables inline calls.
     """
 
     BACKOFF_SECONDS = (1.0, 60.0)
+    PROBE_FACTOR = 10
+    SLOW_CALLS = 3
 
     def __init__(self, max_seconds: float) -> None:
         self.max_seconds = max_seconds
@@ -141,6 +148,7 @@ class InlinePolicy:
         self._candidate_elements = 0  # sizes up to this may be probed inline
         self._retry_at = 0.0
         self._backoff = self.BACKOFF_SECONDS[0]
+        self._slow = 0  # slow inline calls in a row
 
     def inline(self, size: int, now: float) -> bool:
         """True when a call of ``size`` input elements should run on the event loop."""
@@ -153,7 +161,12 @@ class InlinePolicy:
         if seconds < self.max_seconds:
             self.inline_elements = max(self.inline_elements, size)
             self._backoff = self.BACKOFF_SECONDS[0]
+            self._slow = 0
             return
+        self._slow += 1
+        if self._slow < self.SLOW_CALLS and seconds < self.max_seconds * self.PROBE_FACTOR:
+            return
+        self._slow = 0
         self.inline_elements = min(self.inline_elements, size - 1)
         self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, self.BACKOFF_SECONDS[1])
@@ -162,7 +175,7 @@ class InlinePolicy:
         """Learn from a call that ran in an executor thread."""
         if wall < self.max_seconds:
             self.inline_elements = max(self.inline_elements, size)
-        if cpu < self.max_seconds:
+        if cpu < self.max_seconds * self.PROBE_FACTOR:
             self._candidate_elements = max(self._candidate_elements, size)
         elif size <= self._candidate_elements:
             self._candidate_elements = size - 1

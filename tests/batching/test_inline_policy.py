@@ -26,29 +26,52 @@ def test_first_call_of_a_size_goes_to_a_thread_and_a_fast_one_promotes_it() -> N
     assert not policy.inline(65, now=0.0)  # larger ones are unknown
 
 
+def slow_inline_calls(policy: InlinePolicy, size: int, now: float) -> None:
+    """Enough slow inline calls in a row to demote ``size``."""
+    for _ in range(InlinePolicy.SLOW_CALLS):
+        assert policy.inline(size, now=now)
+        policy.ran_inline(size, seconds=150e-6, now=now)
+
+
 def test_thread_call_slowed_by_the_gil_makes_a_candidate_probed_once_per_backoff() -> None:
     policy = InlinePolicy(MAX)
     policy.ran_in_thread(64, wall=900e-6, cpu=30e-6)  # waited for the GIL; computed fast
-    assert policy.inline(64, now=0.0)  # probe inline
-    policy.ran_inline(64, seconds=150e-6, now=0.0)  # it really is slow (a GPU wait, say)
+    slow_inline_calls(policy, 64, now=0.0)  # probed inline: it really is slow (a GPU wait?)
     assert not policy.inline(64, now=0.5)
     policy.ran_in_thread(64, wall=900e-6, cpu=30e-6)
-    assert policy.inline(64, now=1.0)  # the back-off (1 s) passed: probe again
-    policy.ran_inline(64, seconds=150e-6, now=1.0)
+    slow_inline_calls(policy, 64, now=1.0)  # the back-off (1 s) passed: probed again
     assert not policy.inline(64, now=2.5)  # back-off doubled to 2 s
     assert policy.inline(64, now=3.0)
     policy.ran_inline(64, seconds=10e-6, now=3.0)  # fast now: promoted
     assert policy.inline(64, now=3.0)
-    policy.ran_in_thread(128, wall=900e-6, cpu=300e-6)  # computes slowly: no probe
+    policy.ran_in_thread(128, wall=5e-3, cpu=3e-3)  # computes slowly (> 10 × 100 µs): no probe
     assert not policy.inline(128, now=100.0)
+    policy.ran_in_thread(96, wall=2e-3, cpu=500e-6)  # maybe slowed by contention: probe it
+    assert policy.inline(96, now=100.0)
 
 
-def test_slow_inline_call_demotes_its_size_at_once() -> None:
+def test_slow_inline_calls_in_a_row_demote_their_size() -> None:
     policy = InlinePolicy(MAX)
     policy.ran_in_thread(64, wall=10e-6, cpu=10e-6)
-    policy.ran_inline(32, seconds=500e-6, now=0.0)
+    slow_inline_calls(policy, 32, now=0.0)
     assert policy.inline(31, now=0.0)
     assert not policy.inline(32, now=0.0)
+    assert not policy.inline(64, now=0.0)
+
+
+def test_one_slow_inline_call_between_fast_ones_is_preemption_not_the_model() -> None:
+    policy = InlinePolicy(MAX)
+    policy.ran_in_thread(64, wall=10e-6, cpu=10e-6)
+    for _ in range(10):
+        policy.ran_inline(64, seconds=150e-6, now=0.0)
+        policy.ran_inline(64, seconds=10e-6, now=0.0)
+    assert policy.inline(64, now=0.0)
+
+
+def test_one_very_slow_inline_call_demotes_at_once() -> None:
+    policy = InlinePolicy(MAX)
+    policy.ran_in_thread(64, wall=10e-6, cpu=10e-6)
+    policy.ran_inline(64, seconds=MAX * InlinePolicy.PROBE_FACTOR, now=0.0)
     assert not policy.inline(64, now=0.0)
 
 
