@@ -8,6 +8,8 @@ One run, one machine, the same client (``sidecar.bench``) for every server:
   real grpc.aio model server can do);
 - ``sidecar``: ``inference-sidecar serve`` with the digits model and its
   default configuration (whatever monitoring main wires by default);
+- ``sidecar-bare`` (on request): the same with metrics off and no
+  ``monitoring`` section, to split the request path's cost from monitoring's;
 - onnxruntime called in this process at the same batch size (no server).
 
 Cells alternate server by server, the order rotating every repeat; medians
@@ -80,13 +82,18 @@ def main() -> None:
     info = machine()
     cells: list[Cell] = []
     with ExitStack() as stack:
-        repo = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        repo = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "models"
         copy_model("digits", repo, "digits")
+        bare = repo.parent / "bare"
+        copy_model("digits", bare, "digits", "{}\n")
+        bare_config = repo.parent / "bare.yaml"
+        bare_config.write_text("metrics:\n  enabled: false\n")
         servers = []
         commands = {
             "echo": lambda port: echo_command(port, run_model=False),
             "minimal": lambda port: echo_command(port, run_model=True),
             "sidecar": lambda port: sidecar_command(repo, port),
+            "sidecar-bare": lambda port: sidecar_command(bare, port, bare_config),
         }
         for name in wanted:
             port = free_port()
