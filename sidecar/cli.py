@@ -169,10 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests in flight: N, a list 1,4,16, or a range start:end[:step] (default 1)",
     )
     length = bench.add_mutually_exclusive_group()
-    length.add_argument("-d", "--duration", type=float, default=10.0, help="seconds per level")
+    length.add_argument(
+        "-d", "--duration", type=float, default=10.0, help="seconds per level (default 10)"
+    )
     length.add_argument("-n", "--requests", type=int, help="requests per level instead")
-    bench.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per level")
-    bench.add_argument("-b", "--batch-size", type=int, default=1, help="rows per request")
+    bench.add_argument(
+        "--warmup", type=float, default=1.0, help="uncounted seconds before each level (default 1)"
+    )
+    bench.add_argument(
+        "-b", "--batch-size", type=int, default=1, help="rows per request (default 1)"
+    )
     bench.add_argument(
         "--input-data",
         default="random",
@@ -187,8 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--contents", choices=["raw", "typed"], default="raw")
     bench.add_argument("--streaming", action="store_true", help="use ModelStreamInfer")
-    bench.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    bench.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
+    bench.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request (default 30)"
+    )
+    bench.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="seconds to reach the server (default 5)"
+    )
     bench.add_argument("--seed", type=int, default=0, help="seed of the random input data")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument(
