@@ -15,7 +15,9 @@ order rotating every repeat. MLServer runs in its own virtual environment
 current event loop``.) MLServer variants: ``pw0`` = parallel_workers 0 (the
 model runs in the server process, its fastest set-up), ``pw1`` =
 parallel_workers 1 (its default: one worker process), both with debug off;
-``shipped`` = its shipped defaults (debug on, one worker).
+``shipped`` = its shipped defaults (debug on, one worker); ``pw0-asyncio``
+= pw0 with uvloop hidden (asyncio's own loop); ``pw0-nometrics`` = pw0 with
+its metrics endpoint (and per-request Prometheus observations) off.
 """
 
 from __future__ import annotations
@@ -48,9 +50,21 @@ from sidecar.bench import parse_concurrency
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "pw0": {"parallel_workers": 0, "debug": False},
+    "pw0-asyncio": {"parallel_workers": 0, "debug": False},
+    "pw0-nometrics": {"parallel_workers": 0, "debug": False, "metrics_endpoint": None},
     "pw1": {"parallel_workers": 1, "debug": False},
     "shipped": {},
 }
+#: Variants run with uvloop hidden (MLServer then keeps asyncio's own event loop).
+NO_UVLOOP = {"pw0-asyncio"}
+
+
+def hide_uvloop(root: Path) -> dict[str, str]:
+    """Environment that makes ``import uvloop`` fail, so MLServer uses asyncio's loop."""
+    shim = root / "no-uvloop" / "uvloop"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text('raise ImportError("uvloop hidden by benchmarks/peers.py")\n')
+    return {"PYTHONPATH": str(shim.parent)}
 
 
 def mlserver_repository(root: Path, settings: dict[str, Any]) -> tuple[Path, int]:
@@ -121,9 +135,12 @@ def main() -> None:
             folder, port = mlserver_repository(tmp / f"ml-{variant}", VARIANTS[variant])
             log = args.logs / f"mlserver-{variant}.log" if args.logs else None
             command = [args.mlserver, "start", str(folder)]
+            env = hide_uvloop(tmp / f"env-{variant}") if variant in NO_UVLOOP else None
             servers.append(
                 stack.enter_context(
-                    server_process(f"mlserver-{variant}", command, port, cwd=folder, log=log)
+                    server_process(
+                        f"mlserver-{variant}", command, port, env=env, cwd=folder, log=log
+                    )
                 )
             )
         for repeat in range(args.repeats):
