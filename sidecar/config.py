@@ -187,7 +187,12 @@ class BatchingConfig(_Section):
 
     enabled: bool = Field(False, description="batch concurrent requests together")
     max_batch_size: int = Field(64, ge=1, description="rows per executed batch")
-    max_queue_delay_us: int = Field(500, ge=0, description="longest wait to fill a batch")
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        description="longest wait to fill a batch; 0: none, batches still form while the "
+        "model is busy (asyncio timers are 1 ms coarse: a delay under 1 ms waits ~1 ms)",
+    )
     preferred_batch_sizes: tuple[int, ...] = Field(
         (), description="batch sizes sent as soon as the queue can form one"
     )

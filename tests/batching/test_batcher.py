@@ -425,3 +425,53 @@ def test_failing_on_batch_callback_does_not_fail_requests(
     result = run(main())
     assert result.outputs["sum"].shape == (1, 1)
     assert "on_batch callback failed" in caplog.text
+
+
+class TaskRecording(SumRuntime):
+    """Records the task each batch ran in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task[Any] | None] = []
+
+    async def predict(self, inputs: Tensors) -> Tensors:
+        self.tasks.append(asyncio.current_task())
+        return await super().predict(inputs)
+
+
+@pytest.mark.parametrize("delay_us", [0, 1000])
+def test_idle_batcher_without_delay_runs_a_lone_request_in_the_callers_task(
+    delay_us: int,
+) -> None:
+    runtime = TaskRecording()
+
+    async def main() -> asyncio.Task[Any] | None:
+        batcher = Batcher("m", runtime, config(max_queue_delay_us=delay_us))
+        result = await batcher.predict(rows_of(np.random.default_rng(16), 2), 2)
+        assert result.outputs["sum"].shape == (2, 1)
+        await batcher.close()
+        return asyncio.current_task()
+
+    caller = run(main())
+    assert runtime.calls == [2]
+    # No delay: nothing to wait for, no hop through the scheduler task.
+    assert (runtime.tasks[0] is caller) == (delay_us == 0)
+
+
+def test_caller_cancelled_while_its_lone_request_runs_frees_the_slot() -> None:
+    runtime = GatedRuntime()
+    rng = np.random.default_rng(17)
+
+    async def main() -> Prediction:
+        batcher = Batcher("m", runtime, config(max_queue_delay_us=0))
+        lone = asyncio.ensure_future(batcher.predict(rows_of(rng, 1), 1))
+        await wait_until(runtime.started.is_set)
+        lone.cancel()
+        await asyncio.wait([lone])
+        runtime.release()
+        result = await batcher.predict(rows_of(rng, 1), 1)
+        await batcher.close()
+        return result
+
+    result = run(main())
+    assert result.outputs["sum"].shape == (1, 1)
