@@ -237,6 +237,43 @@ def measure(
     )
 
 
+def fixed_rate_cpu(server: Server, rate: float, seconds: float, model: str | None = None) -> float:
+    """Server CPU µs per request while sending ``rate`` requests/s (open loop) for ``seconds``.
+
+    At a fixed rate both servers of a comparison do the same work per second,
+    so unlike closed-loop CPU per request this does not move with how fast
+    each happened to run (gRPC gets cheaper per request when busier).
+    Requests are sent on schedule whatever the answers; at most 256 in flight.
+    """
+    from sidecar.bench import INFER_METHOD, BenchOptions, build_workload, fetch_metadata
+
+    async def run() -> float:
+        options = BenchOptions(target=server.target, model=model or server.model, warmup=0)
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            workload = build_workload(await fetch_metadata(channel, options), options)
+            call = channel.unary_unary(INFER_METHOD)
+            payload = workload.payloads[0]
+            inflight: set[asyncio.Future[Any]] = set()
+            loop = asyncio.get_running_loop()
+            total = int(rate * seconds)
+            cpu0 = tree_cpu_seconds(server.pid)
+            start = loop.time()
+            for index in range(total):
+                delay = start + index / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if len(inflight) >= 256:
+                    raise RuntimeError(f"{server.name} cannot keep up with {rate} requests/s")
+                task = asyncio.ensure_future(call(payload, timeout=30))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+            if inflight:
+                await asyncio.wait(tuple(inflight))
+            return (tree_cpu_seconds(server.pid) - cpu0) / total * 1e6
+
+    return asyncio.run(run())
+
+
 def median_of(cells: Sequence[Cell], attribute: str) -> float:
     """Median of one attribute across repeats."""
     return statistics.median(getattr(c, attribute) for c in cells)

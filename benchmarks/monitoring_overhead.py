@@ -40,6 +40,7 @@ from benchmarks.common import (
     Server,
     cells_json,
     copy_model,
+    fixed_rate_cpu,
     free_port,
     group,
     machine,
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--rate", type=float, default=300, help="requests/s of the CPU cells")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     levels = parse_concurrency(args.concurrency)
@@ -158,6 +160,12 @@ def main() -> None:
                         f"server {cell.server_cpu_us_per_request:6.0f} µs/req",
                         flush=True,
                     )
+        fixed: dict[str, list[float]] = {"on": [], "off": []}
+        for repeat in range(args.repeats):
+            for server in rotate([on, off], repeat):
+                cpu = fixed_rate_cpu(server, args.rate, args.duration)
+                fixed[server.name].append(cpu)
+                print(f"  repeat {repeat} {args.rate:g} req/s {server.name:3} {cpu:6.0f} µs/req")
         active = describe(on, on_metrics)
         inactive = describe(off, off_metrics)
     print()
@@ -207,11 +215,21 @@ def main() -> None:
             f"| {row['on_p99_ms']:.2f} | {row['off_p99_ms']:.2f} | {row['p99_ratio']:.2f} "
             f"| {row['on_cpu_us']:.0f} | {row['off_cpu_us']:.0f} |"
         )
+    cpu_on, cpu_off = statistics.median(fixed["on"]), statistics.median(fixed["off"])
+    cpu_ratios = [a / b for a, b in zip(fixed["on"], fixed["off"], strict=True)]
+    print()
+    print(
+        f"At a fixed {args.rate:g} requests/s (open loop): server CPU {cpu_on:.0f} µs/request on, "
+        f"{cpu_off:.0f} off: on ÷ off {statistics.median(cpu_ratios):.3f} "
+        f"({min(cpu_ratios):.2f}–{max(cpu_ratios):.2f}), monitoring costs "
+        f"{cpu_on - cpu_off:+.0f} µs/request"
+    )
     save(
         args.out,
         {
             "machine": info,
             "args": {k: str(v) for k, v in vars(args).items()},
+            "fixed_rate_cpu_us": fixed,
             "monitoring_on": active,
             "monitoring_off": inactive,
             "summary": summary,
