@@ -6,6 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry
+
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
 from sidecar.events import Listener
@@ -14,6 +16,7 @@ from sidecar.models import ModelManager, RuntimeFactory
 from sidecar.server import GrpcRegistrar, Service, SidecarServer
 
 if TYPE_CHECKING:
+    from sidecar.labels import Labels
     from sidecar.metrics_listener import ServerMetrics
 
 
@@ -24,12 +27,17 @@ class AppParts:
     ``metrics``: the Prometheus side (registry, listener, ``/metrics`` endpoint).
     None builds one from ``config.metrics`` when it is enabled; pass your own to
     choose its registry or GPU source and to read its bound port in tests.
+
+    ``labels``: the delayed-label join (prediction store, FeedbackService). None
+    builds one from ``config.labels`` when it is enabled, exporting to the
+    metrics registry; pass your own to choose its store, clock or registry.
     """
 
     listeners: list[Listener] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     registrars: list[GrpcRegistrar] = field(default_factory=list)
     metrics: ServerMetrics | None = None
+    labels: Labels | None = None
 
 
 def build_server(
@@ -41,6 +49,7 @@ def build_server(
     parts = parts or AppParts()
     listeners = list(parts.listeners)
     services = list(parts.services)
+    registrars = list(parts.registrars)
     metrics = parts.metrics
     if metrics is None and config.metrics.enabled:
         from sidecar.metrics_listener import ServerMetrics
@@ -49,6 +58,16 @@ def build_server(
     if metrics is not None:
         listeners.insert(0, metrics.listener)
         services.insert(0, metrics)
+    labels = parts.labels
+    if labels is None and config.labels.enabled:
+        from sidecar.labels import Labels
+
+        registry = metrics.registry if metrics is not None else CollectorRegistry()
+        labels = Labels(config, registry)
+    if labels is not None:
+        listeners.append(labels.recorder)
+        services.append(labels)
+        registrars.append(labels)
     executor = ThreadPoolExecutor(
         max_workers=config.threads.executor_workers, thread_name_prefix="model"
     )
@@ -59,4 +78,4 @@ def build_server(
     plane = DataPlane(models, listeners)
     if metrics is not None:
         metrics.watch(plane)
-    return SidecarServer(config, plane, services, parts.registrars)
+    return SidecarServer(config, plane, services, registrars)

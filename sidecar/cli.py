@@ -123,6 +123,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if report.stopped else 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _labels_send(args: argparse.Namespace) -> int:
+    from sidecar.labels.client import send_file
+
+    report = send_file(
+        args.file,
+        args.address,
+        batch_size=args.batch_size,
+        timeout=args.timeout,
+        problems=sys.stderr,
+    )
+    print(f"{args.file}: {report.summary()}")
+    return 0 if report.all_matched else 1
+
+
 def _describe(model: ServedModel) -> str:
     sig = model.signature
     ins = ", ".join(f"{s.name} {s.describe()}" for s in sig.inputs)
@@ -208,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
     bench.set_defaults(func=_bench)
+
+    labels = sub.add_parser("labels", help="delayed ground-truth labels")
+    labels_sub = labels.add_subparsers(dest="labels_command", required=True)
+    send = labels_sub.add_parser(
+        "send",
+        help="send labels from a CSV file (columns: request_id, model, [row], and "
+        "class_name, class_index or value); exit 1 when any is not matched",
+    )
+    send.add_argument("file", type=Path, help="CSV file with a header row")
+    send.add_argument("--address", default="localhost:8001", help="server host:port")
+    send.add_argument(
+        "--batch-size", type=_positive_int, default=1000, help="labels per SendLabels call"
+    )
+    send.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    send.set_defaults(func=_labels_send)
     return parser
 
 

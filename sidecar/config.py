@@ -137,6 +137,82 @@ class StartupConfig(_Section):
     )
 
 
+#: Label delay buckets (seconds): one second to thirty days.
+DEFAULT_LABEL_DELAY_BUCKETS: tuple[float, ...] = (
+    1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0,
+    86400.0, 3 * 86400.0, 7 * 86400.0, 30 * 86400.0,
+)  # fmt: skip
+
+#: Regression absolute-error buckets (in the model's own unit).
+DEFAULT_LABEL_ERROR_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+)  # fmt: skip
+
+
+def _check_buckets(value: tuple[float, ...]) -> tuple[float, ...]:
+    if not value or any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+        raise ValueError("buckets must be positive and strictly increasing")
+    return value
+
+
+class LabelStoreConfig(_Section):
+    """Where predictions wait for their delayed labels (docs/labels.md)."""
+
+    enabled: bool = Field(True, description="record predictions and serve FeedbackService")
+    backend: Literal["memory", "sqlite", "redis"] = Field(
+        "memory", description="memory (one process), sqlite (survives restarts), redis (shared)"
+    )
+    path: Path | None = Field(None, description="sqlite: the database file")
+    url: str | None = Field(None, description="redis: redis://host:port/db (or rediss://, unix://)")
+    key_prefix: str = Field("sidecar:labels:", min_length=1, description="redis: key namespace")
+    max_entries: int = Field(
+        1_000_000, ge=1, description="keys kept (pending + remembered); the oldest go first"
+    )
+    ttl_seconds: float = Field(
+        86400.0, gt=0, description="how long a prediction waits for its label (model default)"
+    )
+    remember_seconds: float = Field(
+        3600.0, ge=0, description="how long a labelled or expired key is remembered"
+    )
+    flush_interval_ms: int = Field(
+        100, ge=1, le=60_000, description="predictions are written this often (loss window)"
+    )
+    queue_rows: int = Field(
+        100_000, ge=1, description="rows waiting to be written; more are dropped and counted"
+    )
+    sweep_interval_seconds: float = Field(
+        1.0, gt=0, description="how often expiry runs and the pending gauge refreshes"
+    )
+    max_batch_labels: int = Field(
+        10_000, ge=1, description="labels per SendLabels call; more is RESOURCE_EXHAUSTED"
+    )
+    timeout_seconds: float = Field(1.0, gt=0, description="redis: connect and socket timeout")
+    delay_buckets: tuple[float, ...] = Field(
+        DEFAULT_LABEL_DELAY_BUCKETS, description="label_delay_seconds buckets (seconds)"
+    )
+    error_buckets: tuple[float, ...] = Field(
+        DEFAULT_LABEL_ERROR_BUCKETS, description="label_absolute_error buckets (model's unit)"
+    )
+
+    _buckets = field_validator("delay_buckets", "error_buckets")(
+        classmethod(lambda cls, v: _check_buckets(v))
+    )
+
+    @model_validator(mode="after")
+    def _backend_target(self) -> LabelStoreConfig:
+        if self.backend == "sqlite" and self.path is None:
+            raise ValueError("backend 'sqlite' needs 'path' (the database file)")
+        if self.backend == "redis":
+            if self.url is None:
+                raise ValueError("backend 'redis' needs 'url' (for example redis://host:6379/0)")
+            if not self.url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(
+                    f"url must start with redis://, rediss:// or unix://, got {self.url!r}"
+                )
+        return self
+
+
 class ServerConfig(_Section):
     """Root of ``sidecar.yaml``."""
 
@@ -149,6 +225,7 @@ class ServerConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     threads: ThreadsConfig = ThreadsConfig()
     startup: StartupConfig = StartupConfig()
+    labels: LabelStoreConfig = LabelStoreConfig()
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 
@@ -242,6 +319,46 @@ class RegressionConfig(_Section):
     buckets: tuple[float, ...] | None = Field(None, description="output_value histogram buckets")
 
 
+#: Up to this many classes a model exports its confusion matrix unless told otherwise.
+CONFUSION_MATRIX_MAX_CLASSES = 50
+
+
+class LabelsConfig(_Section):
+    """Delayed labels for this model: how long predictions wait, which values are valid.
+
+    Classification labels must be one of ``classification.class_names`` (or its
+    index); regression labels must be finite numbers within ``min_value`` ..
+    ``max_value`` when those are set. Anything else is answered ``invalid``.
+    """
+
+    enabled: bool = Field(True, description="keep predictions of this model for labels")
+    ttl_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="how long a prediction waits; None: labels.ttl_seconds of the server",
+    )
+    output: str | None = Field(
+        None, description="regression: output labels compare to (default: the first)"
+    )
+    min_value: float | None = Field(None, description="regression: smallest valid label")
+    max_value: float | None = Field(None, description="regression: largest valid label")
+    confusion_matrix: bool | None = Field(
+        None,
+        description="export confusion_matrix_total (classes² series per version); "
+        f"None: when the model has at most {CONFUSION_MATRIX_MAX_CLASSES} classes",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> LabelsConfig:
+        if (
+            self.min_value is not None
+            and self.max_value is not None
+            and self.min_value > self.max_value
+        ):
+            raise ValueError("min_value must not exceed max_value")
+        return self
+
+
 class MonitoringConfig(_Section):
     """What the server watches for this model."""
 
@@ -250,6 +367,7 @@ class MonitoringConfig(_Section):
     )
     classification: ClassificationConfig | None = None
     regression: RegressionConfig | None = None
+    labels: LabelsConfig = LabelsConfig()
 
     @model_validator(mode="after")
     def _task_section(self) -> MonitoringConfig:
@@ -257,6 +375,15 @@ class MonitoringConfig(_Section):
             raise ValueError("task 'classification' needs a 'classification' section")
         if self.task == "regression" and self.regression is None:
             raise ValueError("task 'regression' needs a 'regression' section")
+        if (
+            self.labels.output is not None
+            and self.regression is not None
+            and self.labels.output not in self.regression.outputs
+        ):
+            raise ValueError(
+                f"labels.output {self.labels.output!r} is not one of regression.outputs "
+                f"{list(self.regression.outputs)}"
+            )
         return self
 
 

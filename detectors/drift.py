@@ -1,0 +1,706 @@
+"""Dataset drift: several tests per feature, combined per feature, corrected across features.
+
+:class:`DriftDetector` compares a window of live rows with a fitted
+:class:`~detectors.reference.Reference`:
+
+1. **Per feature**, the tests configured for the feature's kind run
+   (vectorised across features). Non-finite window values are excluded for
+   that feature only and counted.
+2. **Per feature**, their p-values are combined into one p-value by a method
+   valid under dependence between the tests (Cauchy combination, or
+   Bonferroni across the tests).
+3. **Across features**, the combined p-values are corrected (Bonferroni or
+   Benjamini-Hochberg). A feature is drifted when its adjusted p-value is at
+   most ``alpha``; the dataset is drifted when any feature is.
+
+Because one p-value per feature enters the correction, the dataset-level
+false-alarm rate is at most ``alpha`` whatever the number of tests per
+feature. Distances (PSI, Wasserstein) are reported alongside, never tested.
+
+Nothing here raises for bad *data*: a window that is too small is returned
+as not evaluated with a reason, and an untestable feature (constant
+reference, all-NaN window column, fewer than two bins) is skipped with a
+reason and ``p_value=None``. Only a window whose shape does not match the
+reference raises :class:`~detectors.errors.ShapeMismatchError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors._rows import BoolArray, FloatArray, IntArray, MergedRows, merge_sorted_rows
+from detectors.chi2 import (
+    MIN_EXPECTED,
+    Chi2Result,
+    binned_chi2_rows,
+    chi2_homogeneity,
+    merge_sparse_bins,
+    merge_sparse_categories,
+)
+from detectors.correction import (
+    benjamini_hochberg,
+    bonferroni,
+    bonferroni_min,
+    cauchy_combination,
+)
+from detectors.cvm import cramervonmises_merged
+from detectors.distance import PSI_EPSILON, PsiLevel, psi_from_counts, psi_level, wasserstein_merged
+from detectors.errors import InvalidInputError, ShapeMismatchError
+from detectors.ks import KSMethod, ks_pvalue, ks_statistic_rows
+from detectors.location_scale import (
+    SpreadSummary,
+    brown_forsythe_from_summaries,
+    median_of_sorted_rows,
+    spread_summary_rows,
+    welch_ttest_from_stats,
+)
+from detectors.reference import FeatureKind, Reference
+
+__all__ = [
+    "DEFAULT_CONTINUOUS_TESTS",
+    "DEFAULT_DISCRETE_TESTS",
+    "DEFAULT_TEST_WEIGHTS",
+    "ClassDriftResult",
+    "CombineMethod",
+    "Correction",
+    "DistanceName",
+    "DriftConfig",
+    "DriftDetector",
+    "DriftResult",
+    "FeatureResult",
+    "TestName",
+    "TestResult",
+    "class_distribution_drift",
+]
+
+TestName = Literal["welch", "brown_forsythe", "chi2", "ks", "cvm"]
+DistanceName = Literal["psi", "wasserstein"]
+CombineMethod = Literal["cauchy", "bonferroni"]
+Correction = Literal["bonferroni", "bh"]
+
+#: Default tests for continuous features (chosen by measurement: docs/drift.md).
+DEFAULT_CONTINUOUS_TESTS: tuple[TestName, ...] = ("welch", "brown_forsythe", "chi2")
+#: Default tests for discrete features (few distinct values): tests that are valid with ties.
+DEFAULT_DISCRETE_TESTS: tuple[TestName, ...] = ("welch", "brown_forsythe", "chi2")
+#: Default relative Cauchy weights: most of the per-feature alpha goes to the mean test
+#: (the most common drift, and the one at the edge of detectability), the rest buys
+#: sensitivity to spread and shape changes (measured trade-off in docs/drift.md).
+DEFAULT_TEST_WEIGHTS: tuple[tuple[TestName, float], ...] = (
+    ("welch", 0.8),
+    ("brown_forsythe", 0.1),
+    ("chi2", 0.1),
+)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """How a :class:`DriftDetector` tests, combines and corrects.
+
+    ``test_weights`` gives relative weights for the Cauchy combination; they are
+    renormalised over the tests that produced a p-value for a feature, and a
+    test not listed weighs 1 (so give a weight for every test you configure).
+    ``min_window`` is the smallest number of finite values a feature needs in
+    a window to be tested, and the smallest window evaluated at all.
+    """
+
+    alpha: float = 0.05
+    correction: Correction = "bh"
+    continuous_tests: tuple[TestName, ...] = DEFAULT_CONTINUOUS_TESTS
+    discrete_tests: tuple[TestName, ...] = DEFAULT_DISCRETE_TESTS
+    categorical_tests: tuple[Literal["chi2"], ...] = ("chi2",)
+    combine: CombineMethod = "cauchy"
+    test_weights: tuple[tuple[TestName, float], ...] = DEFAULT_TEST_WEIGHTS
+    distances: tuple[DistanceName, ...] = ("psi",)
+    psi_thresholds: tuple[float, float] = (0.1, 0.25)
+    psi_epsilon: float = PSI_EPSILON
+    min_window: int = 50
+    ks_method: KSMethod = "asymp"
+    min_expected: float = MIN_EXPECTED
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise InvalidInputError(f"DriftConfig.alpha must be in (0, 1), got {self.alpha}")
+        if self.correction not in get_args(Correction):
+            raise InvalidInputError(
+                f"DriftConfig.correction must be one of {get_args(Correction)}, "
+                f"got {self.correction!r}"
+            )
+        if self.combine not in get_args(CombineMethod):
+            raise InvalidInputError(
+                f"DriftConfig.combine must be one of {get_args(CombineMethod)}, "
+                f"got {self.combine!r}"
+            )
+        for name in ("continuous_tests", "discrete_tests"):
+            tests = getattr(self, name)
+            if (
+                not tests
+                or any(t not in get_args(TestName) for t in tests)
+                or len(set(tests)) != len(tests)
+            ):
+                raise InvalidInputError(
+                    f"DriftConfig.{name} must be distinct names from {get_args(TestName)}, "
+                    f"got {tests!r}"
+                )
+        if tuple(self.categorical_tests) != ("chi2",):
+            raise InvalidInputError(
+                "DriftConfig.categorical_tests supports only ('chi2',), "
+                f"got {self.categorical_tests!r}"
+            )
+        for test, weight in self.test_weights:
+            if test not in get_args(TestName) or not (weight > 0 and np.isfinite(weight)):
+                raise InvalidInputError(
+                    f"DriftConfig.test_weights entries must be (test name, weight > 0), "
+                    f"got {(test, weight)!r}"
+                )
+        if any(d not in get_args(DistanceName) for d in self.distances):
+            raise InvalidInputError(
+                f"DriftConfig.distances must be names from {get_args(DistanceName)}, "
+                f"got {self.distances!r}"
+            )
+        moderate, major = self.psi_thresholds
+        if not 0 <= moderate <= major:
+            raise InvalidInputError(
+                f"DriftConfig.psi_thresholds must satisfy 0 <= moderate <= major, "
+                f"got {self.psi_thresholds}"
+            )
+        if not 0 < self.psi_epsilon < 1:
+            raise InvalidInputError(
+                f"DriftConfig.psi_epsilon must be in (0, 1), got {self.psi_epsilon}"
+            )
+        if self.min_window < 2:
+            raise InvalidInputError(f"DriftConfig.min_window must be >= 2, got {self.min_window}")
+        if self.ks_method not in ("auto", "asymp", "exact"):
+            raise InvalidInputError(
+                f"DriftConfig.ks_method must be 'auto', 'asymp' or 'exact', got {self.ks_method!r}"
+            )
+        if not self.min_expected > 0:
+            raise InvalidInputError(
+                f"DriftConfig.min_expected must be > 0, got {self.min_expected}"
+            )
+
+    def tests_for(self, kind: FeatureKind) -> tuple[str, ...]:
+        """The tests run on features of ``kind``."""
+        if kind == "continuous":
+            return self.continuous_tests
+        if kind == "discrete":
+            return self.discrete_tests
+        return self.categorical_tests
+
+    def weight_of(self, test: str) -> float:
+        """Relative Cauchy weight of ``test`` (1 unless configured)."""
+        for name, weight in self.test_weights:
+            if name == test:
+                return float(weight)
+        return 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TestResult:
+    """One test (or distance) on one feature. ``p_value`` is None for distances and skips."""
+
+    __test__ = False  # not a pytest test class
+
+    test: str
+    statistic: float | None
+    p_value: float | None
+    skipped_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureResult:
+    """Everything about one feature in one evaluation.
+
+    ``combined_p`` is the per-feature p-value after combining its tests and
+    ``adjusted_p`` the same after the correction across features; both are
+    None when the feature was skipped (then ``skipped_reason`` says why).
+    """
+
+    name: str
+    kind: FeatureKind
+    n_window: int
+    tests: tuple[TestResult, ...]
+    combined_p: float | None
+    adjusted_p: float | None
+    drifted: bool
+    skipped_reason: str | None = None
+    psi_level: PsiLevel | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriftResult:
+    """The verdict on one window.
+
+    ``evaluated`` is False when the window was too small (``not_evaluated_reason``
+    says so); then nothing is drifted. ``n_nonfinite_rows_excluded`` counts
+    window rows with at least one non-finite value (excluded only for the
+    features where the value is non-finite).
+    """
+
+    evaluated: bool
+    drifted: bool
+    n_drifted: int
+    n_features: int
+    n_skipped: int
+    n_window: int
+    n_reference: int
+    n_nonfinite_rows_excluded: int
+    alpha: float
+    correction: Correction
+    features: tuple[FeatureResult, ...]
+    not_evaluated_reason: str | None = None
+
+    @property
+    def drifted_features(self) -> tuple[str, ...]:
+        """Names of the features flagged after correction."""
+        return tuple(f.name for f in self.features if f.drifted)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassDriftResult:
+    """Chi-squared verdict on a classifier's predicted-class counts."""
+
+    statistic: float | None
+    dof: int
+    p_value: float | None
+    drifted: bool
+    alpha: float
+    n_reference: int
+    n_window: int
+    groups: tuple[tuple[int, ...], ...]
+    skipped_reason: str | None = None
+
+
+def class_distribution_drift(
+    reference_counts: npt.ArrayLike,
+    window_counts: npt.ArrayLike,
+    alpha: float = 0.05,
+    min_expected: float = MIN_EXPECTED,
+) -> ClassDriftResult:
+    """Has the distribution of predicted classes changed? Chi-squared test of homogeneity.
+
+    ``reference_counts[k]`` and ``window_counts[k]`` count predictions of class
+    ``k``. Sparse classes are merged (see :mod:`detectors.chi2`); with fewer
+    than two groups left the test is skipped with a reason.
+    """
+    if not 0 < alpha < 1:
+        raise InvalidInputError(f"alpha must be in (0, 1), got {alpha}")
+    res: Chi2Result = chi2_homogeneity(reference_counts, window_counts, min_expected)
+    return ClassDriftResult(
+        statistic=res.statistic,
+        dof=res.dof,
+        p_value=res.p_value,
+        drifted=res.p_value is not None and res.p_value <= alpha,
+        alpha=alpha,
+        n_reference=int(np.sum(reference_counts)),
+        n_window=int(np.sum(window_counts)),
+        groups=res.groups,
+        skipped_reason=res.skipped_reason,
+    )
+
+
+# Order in which tests appear in results (and are combined).
+_TEST_ORDER: tuple[TestName, ...] = ("welch", "brown_forsythe", "ks", "cvm", "chi2")
+
+
+@dataclass(slots=True)
+class _Scratch:
+    """Per-evaluation working arrays over all F features (private, mutable).
+
+    ``pvals[t][f]`` is NaN where test ``t`` did not run on feature ``f`` or had
+    no p-value; ``ran`` tells the two apart and ``reasons`` says why a test
+    that ran has none.
+    """
+
+    stats: dict[str, FloatArray]
+    pvals: dict[str, FloatArray]
+    ran: dict[str, BoolArray]
+    reasons: dict[str, dict[int, str]]
+    distances: dict[str, FloatArray]
+
+    @classmethod
+    def empty(cls, tests: Sequence[str], distances: Sequence[str], n_feat: int) -> _Scratch:
+        return cls(
+            stats={t: np.full(n_feat, np.nan) for t in tests},
+            pvals={t: np.full(n_feat, np.nan) for t in tests},
+            ran={t: np.zeros(n_feat, dtype=np.bool_) for t in tests},
+            reasons={t: {} for t in tests},
+            distances={d: np.full(n_feat, np.nan) for d in distances},
+        )
+
+    def put(
+        self, test: str, idx: IntArray, stat: FloatArray, p: FloatArray, undefined: str
+    ) -> None:
+        """Record a test's results for features ``idx``; NaN p-values get ``undefined``."""
+        ok = np.isfinite(p) & np.isfinite(stat)
+        self.stats[test][idx] = np.where(ok, stat, np.nan)
+        self.pvals[test][idx] = np.where(ok, p, np.nan)
+        self.ran[test][idx] = True
+        for f in idx[~ok].tolist():
+            self.reasons[test][f] = undefined
+
+
+class DriftDetector:
+    """Scores windows against a fixed reference. ``score()`` reads only; nothing is mutated."""
+
+    def __init__(self, reference: Reference, config: DriftConfig | None = None) -> None:
+        self._reference = reference
+        self._config = config if config is not None else DriftConfig()
+        cfg = self._config
+        configured = set(cfg.continuous_tests) | set(cfg.discrete_tests) | {"chi2"}
+        self._tests = tuple(t for t in _TEST_ORDER if t in configured)
+
+    @property
+    def reference(self) -> Reference:
+        """The reference windows are compared with."""
+        return self._reference
+
+    @property
+    def config(self) -> DriftConfig:
+        """The detector's configuration."""
+        return self._config
+
+    def score(self, window: npt.ArrayLike) -> DriftResult:
+        """Test a window of shape ``(n, F)`` against the reference."""
+        ref, cfg = self._reference, self._config
+        x = np.asarray(window)
+        n_feat = ref.n_features
+        if x.ndim != 2 or x.shape[1] != n_feat:
+            raise ShapeMismatchError(
+                f"window has shape {x.shape} but the reference has shape "
+                f"{(ref.n_rows, n_feat)}: expected (n, {n_feat})",
+                expected=(ref.n_rows, n_feat),
+                got=tuple(x.shape),
+            )
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise InvalidInputError(f"window must hold real numbers, got dtype {x.dtype}")
+        n_rows = int(x.shape[0])
+        rows = np.array(x.T, dtype=np.float64)
+        finite = np.isfinite(rows)
+        all_finite = bool(finite.all())
+        n_bad_rows = 0 if all_finite else int((~finite).any(axis=0).sum())
+        if n_rows < cfg.min_window:
+            return self._not_evaluated(
+                n_rows,
+                n_bad_rows,
+                f"window has {n_rows} rows, fewer than min_window={cfg.min_window}",
+            )
+        if not all_finite:
+            rows[~finite] = np.nan
+        rows.sort(axis=1)  # NaN (excluded values) last
+        n_valid = finite.sum(axis=1) if not all_finite else np.full(n_feat, n_rows)
+
+        skip: list[str | None] = list(ref.unusable)
+        groups: dict[tuple[FeatureKind, int, int], list[int]] = defaultdict(list)
+        for f in range(n_feat):
+            if skip[f] is not None:
+                continue
+            nv = int(n_valid[f])
+            if nv == 0:
+                skip[f] = "the window has no finite values for this feature"
+            elif nv < cfg.min_window:
+                skip[f] = (
+                    f"the window has {nv} finite values for this feature, "
+                    f"fewer than min_window={cfg.min_window}"
+                )
+            else:
+                groups[(ref.kinds[f], int(ref.n_finite[f]), nv)].append(f)
+
+        scratch = _Scratch.empty(self._tests, cfg.distances, n_feat)
+        for (kind, n_ref, n_win), members in groups.items():
+            idx = np.asarray(members, dtype=np.int64)
+            self._run_group(kind, idx, n_ref, rows[idx, :n_win], scratch)
+        return self._assemble(scratch, skip, n_valid, n_rows, n_bad_rows)
+
+    # ------------------------------------------------------------------ internals
+
+    def _run_group(
+        self, kind: FeatureKind, idx: IntArray, n_ref: int, win: FloatArray, out: _Scratch
+    ) -> None:
+        """Run the configured tests and distances on features ``idx`` sharing sample sizes.
+
+        ``win`` holds those features' finite window values, each row sorted.
+        """
+        ref, cfg = self._reference, self._config
+        n_win = win.shape[1]
+        tests = cfg.tests_for(kind)
+
+        if "welch" in tests:
+            t, p = welch_ttest_from_stats(
+                ref.mean[idx], ref.var[idx], n_ref, win.mean(axis=1), win.var(axis=1, ddof=1), n_win
+            )
+            out.put("welch", idx, t, p, "both samples have zero variance")
+        if "brown_forsythe" in tests:
+            ref_spread = SpreadSummary(
+                n=ref.spread.n[idx], zbar=ref.spread.zbar[idx], ss=ref.spread.ss[idx]
+            )
+            win_spread = spread_summary_rows(win, median_of_sorted_rows(win, n_win))
+            w, p = brown_forsythe_from_summaries(ref_spread, win_spread)
+            out.put(
+                "brown_forsythe", idx, w, p, "both samples have zero spread about their medians"
+            )
+        ref_rows = ref.sorted_rows[idx, :n_ref]
+        if "ks" in tests:
+            d, p = ks_pvalue(ks_statistic_rows(ref_rows, win), n_ref, n_win, cfg.ks_method)
+            out.put("ks", idx, d, p, "the KS p-value is undefined for these sample sizes")
+        merged: MergedRows | None = None
+        if "cvm" in tests or ("wasserstein" in cfg.distances and kind != "categorical"):
+            merged = merge_sorted_rows(ref_rows, win)
+        if "cvm" in tests and merged is not None:
+            t, p = cramervonmises_merged(merged)
+            # scipy's mid-rank formula is not valid with ties (it rejects identical tied
+            # samples), so tied features get no CvM p-value rather than a wrong one.
+            tied = ~merged.last_of_tie.all(axis=1)
+            out.put(
+                "cvm",
+                idx,
+                t,
+                np.where(tied, np.nan, p),
+                "tied values: Cramér-von Mises needs continuous data",
+            )
+
+        if "chi2" in tests or "psi" in cfg.distances:
+            ref_counts, win_counts, n_bins = self._bin_counts(kind, idx, win)
+            if "chi2" in tests:
+                stat, p = self._chi2(kind, ref_counts, win_counts, n_bins, n_win)
+                out.put(
+                    "chi2",
+                    idx,
+                    stat,
+                    p,
+                    f"fewer than 2 bins with expected count >= {cfg.min_expected:g} "
+                    f"for a window of {n_win}",
+                )
+            if "psi" in cfg.distances:
+                out.distances["psi"][idx] = psi_from_counts(ref_counts, win_counts, cfg.psi_epsilon)
+        if "wasserstein" in cfg.distances and merged is not None:
+            std = ref.std[idx]
+            dist = wasserstein_merged(merged)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.distances["wasserstein"][idx] = np.where(std > 0, dist / std, np.nan)
+
+    def _bin_counts(
+        self, kind: FeatureKind, idx: IntArray, win: FloatArray
+    ) -> tuple[FloatArray, FloatArray, IntArray]:
+        """Padded reference and window counts per bin, and the number of bins per feature.
+
+        Categorical features get one extra bin for window values that are not
+        reference categories.
+        """
+        ref = self._reference
+        n_f, n_win = win.shape
+        if kind == "categorical":
+            n_bins = ref.n_bins[idx] + 1
+            ref_counts = np.zeros((n_f, int(n_bins.max())))
+            win_counts = np.zeros_like(ref_counts)
+            for k, f in enumerate(idx.tolist()):
+                cats = ref.bin_edges[f]
+                seen = np.searchsorted(win[k], cats, side="right") - np.searchsorted(
+                    win[k], cats, side="left"
+                )
+                ref_counts[k, : cats.size] = ref.bin_counts[f]
+                win_counts[k, : cats.size] = seen
+                win_counts[k, cats.size] = n_win - seen.sum()
+            return ref_counts, win_counts, n_bins
+        n_bins = ref.n_bins[idx]
+        k_max = int(n_bins.max())
+        edges = ref.padded_edges[idx, : k_max - 1]
+        cum = np.empty((n_f, k_max + 1), dtype=np.int64)
+        cum[:, 0] = 0
+        cum[:, -1] = n_win
+        for k in range(n_f):
+            cum[k, 1:-1] = np.searchsorted(win[k], edges[k], side="left")
+        win_counts = np.diff(cum, axis=1).astype(np.float64)
+        ref_counts = ref.padded_counts[idx, :k_max].astype(np.float64)
+        return ref_counts, win_counts, n_bins
+
+    def _chi2(
+        self,
+        kind: FeatureKind,
+        ref_counts: FloatArray,
+        win_counts: FloatArray,
+        n_bins: IntArray,
+        n_win: int,
+    ) -> tuple[FloatArray, FloatArray]:
+        """Chi-squared over the bins after merging sparse ones; vectorised over features."""
+        cfg = self._config
+        ref_counts = ref_counts.copy()
+        win_counts = win_counts.copy()
+        n_bins = n_bins.copy()
+        n_ref = ref_counts.sum(axis=1)
+        if kind == "categorical":
+            todo = np.arange(ref_counts.shape[0])
+        else:
+            used = np.arange(ref_counts.shape[1])[None, :] < n_bins[:, None]
+            smallest = np.where(used, ref_counts, np.inf).min(axis=1)
+            todo = np.flatnonzero(
+                (n_bins >= 2) & (smallest * np.minimum(n_ref, n_win) < cfg.min_expected * n_ref)
+            )
+        for k in todo.tolist():
+            r = ref_counts[k, : n_bins[k]].astype(np.int64)
+            w = win_counts[k, : n_bins[k]].astype(np.int64)
+            if kind == "categorical":
+                groups = merge_sparse_categories(r, w, cfg.min_expected)
+                mapping = np.full(r.size, -1, dtype=np.int64)
+                for g, members in enumerate(groups):
+                    mapping[list(members)] = g
+                keep = mapping >= 0  # categories empty in both samples are dropped
+                new_r = np.bincount(mapping[keep], weights=r[keep], minlength=len(groups))
+                new_w = np.bincount(mapping[keep], weights=w[keep], minlength=len(groups))
+            else:
+                mapping = merge_sparse_bins(r, n_win, cfg.min_expected)
+                new_r = np.bincount(mapping, weights=r)
+                new_w = np.bincount(mapping, weights=w)
+            ref_counts[k] = 0.0
+            win_counts[k] = 0.0
+            ref_counts[k, : new_r.size] = new_r
+            win_counts[k, : new_w.size] = new_w
+            n_bins[k] = new_r.size
+        return binned_chi2_rows(ref_counts, win_counts, n_bins)
+
+    def _assemble(
+        self,
+        scratch: _Scratch,
+        skip: list[str | None],
+        n_valid: IntArray,
+        n_rows: int,
+        n_bad_rows: int,
+    ) -> DriftResult:
+        """Combine per feature, correct across features, and build the frozen result."""
+        ref, cfg = self._reference, self._config
+        n_feat = ref.n_features
+        tests = self._tests
+        pmat = np.column_stack([scratch.pvals[t] for t in tests])
+        avail = np.isfinite(pmat)
+        evaluated = np.array([s is None for s in skip]) & np.column_stack(
+            [scratch.ran[t] for t in tests]
+        ).any(axis=1)
+        for f in np.flatnonzero(evaluated & ~avail.any(axis=1)).tolist():
+            reasons = "; ".join(
+                f"{t}: {scratch.reasons[t][f]}" for t in tests if f in scratch.reasons[t]
+            )
+            skip[f] = f"no test could be computed ({reasons})"
+            evaluated[f] = False
+
+        # Combine per feature, in groups sharing the set of tests that gave a p-value.
+        combined = np.full(n_feat, np.nan)
+        weights = np.array([cfg.weight_of(t) for t in tests])
+        ev_idx = np.flatnonzero(evaluated)
+        patterns, which = (
+            np.unique(avail[ev_idx], axis=0, return_inverse=True)
+            if ev_idx.size
+            else (np.zeros((0, len(tests)), dtype=np.bool_), np.zeros(0, dtype=np.int64))
+        )
+        for j, pattern in enumerate(patterns):
+            rows = ev_idx[which.reshape(-1) == j]
+            p = pmat[np.ix_(rows, np.flatnonzero(pattern))]
+            w = weights[pattern] / weights[pattern].sum()
+            if p.shape[1] == 1:
+                combined[rows] = p[:, 0]
+            elif cfg.combine == "bonferroni":
+                combined[rows] = bonferroni_min(p, w)
+            else:
+                combined[rows] = cauchy_combination(p, w)
+
+        adjusted = np.full(n_feat, np.nan)
+        if ev_idx.size:
+            corr = (
+                bonferroni(combined[ev_idx], cfg.alpha)
+                if cfg.correction == "bonferroni"
+                else benjamini_hochberg(combined[ev_idx], cfg.alpha)
+            )
+            adjusted[ev_idx] = corr.p_adjusted
+        drifted = evaluated & (adjusted <= cfg.alpha)
+
+        stats_l = {t: scratch.stats[t].tolist() for t in tests}
+        pvals_l = {t: scratch.pvals[t].tolist() for t in tests}
+        ran_l = {t: scratch.ran[t].tolist() for t in tests}
+        dist_l = {d: v.tolist() for d, v in scratch.distances.items()}
+        combined_l, adjusted_l = combined.tolist(), adjusted.tolist()
+        drifted_l, evaluated_l, n_valid_l = drifted.tolist(), evaluated.tolist(), n_valid.tolist()
+        features: list[FeatureResult] = []
+        for f in range(n_feat):
+            results: list[TestResult] = []
+            for t in tests:
+                if not ran_l[t][f]:
+                    continue
+                p = pvals_l[t][f]
+                if p == p:  # not NaN
+                    results.append(TestResult(t, stats_l[t][f], p))
+                else:
+                    results.append(TestResult(t, None, None, scratch.reasons[t].get(f)))
+            level: PsiLevel | None = None
+            if any(ran_l[t][f] for t in tests):
+                for d, values in dist_l.items():
+                    v = values[f]
+                    if v == v:
+                        results.append(TestResult(d, v, None))
+                    else:
+                        results.append(TestResult(d, None, None, "undefined for this feature"))
+                psi = dist_l.get("psi", [math.nan] * n_feat)[f]
+                if psi == psi:
+                    level = psi_level(psi, cfg.psi_thresholds)
+            ok = evaluated_l[f]
+            features.append(
+                FeatureResult(
+                    name=ref.feature_names[f],
+                    kind=ref.kinds[f],
+                    n_window=int(n_valid_l[f]),
+                    tests=tuple(results),
+                    combined_p=combined_l[f] if ok else None,
+                    adjusted_p=adjusted_l[f] if ok else None,
+                    drifted=bool(drifted_l[f]),
+                    skipped_reason=None if ok else skip[f],
+                    psi_level=level,
+                )
+            )
+        n_drifted = int(drifted.sum())
+        return DriftResult(
+            evaluated=True,
+            drifted=n_drifted > 0,
+            n_drifted=n_drifted,
+            n_features=n_feat,
+            n_skipped=n_feat - int(evaluated.sum()),
+            n_window=n_rows,
+            n_reference=ref.n_rows,
+            n_nonfinite_rows_excluded=n_bad_rows,
+            alpha=cfg.alpha,
+            correction=cfg.correction,
+            features=tuple(features),
+        )
+
+    def _not_evaluated(self, n_rows: int, n_bad_rows: int, reason: str) -> DriftResult:
+        ref, cfg = self._reference, self._config
+        features = tuple(
+            FeatureResult(
+                name=name,
+                kind=kind,
+                n_window=0,
+                tests=(),
+                combined_p=None,
+                adjusted_p=None,
+                drifted=False,
+                skipped_reason="window not evaluated: " + reason,
+            )
+            for name, kind in zip(ref.feature_names, ref.kinds, strict=True)
+        )
+        return DriftResult(
+            evaluated=False,
+            drifted=False,
+            n_drifted=0,
+            n_features=ref.n_features,
+            n_skipped=ref.n_features,
+            n_window=n_rows,
+            n_reference=ref.n_rows,
+            n_nonfinite_rows_excluded=n_bad_rows,
+            alpha=cfg.alpha,
+            correction=cfg.correction,
+            features=features,
+            not_evaluated_reason=reason,
+        )

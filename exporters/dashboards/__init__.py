@@ -1,0 +1,1 @@
+"""Grafana dashboards built as code (``python -m exporters.dashboards.build``)."""

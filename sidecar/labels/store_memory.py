@@ -1,0 +1,160 @@
+"""The in-memory prediction store (the default): bounded, O(1) per prediction.
+
+Pending predictions live in one insertion-ordered dict per model (insertion
+order is expiry order, because a model has one TTL); labelled and expired keys
+move to one ordered dict of remembered keys, in the order they were labelled
+or expired, which is the order they are forgotten in. Expiry and forgetting
+pop from the fronts; the bound evicts remembered keys first, then the oldest
+pending prediction of any model (a look at each model's front: O(models)).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Sequence
+from typing import NamedTuple
+
+from sidecar.labels.types import (
+    Found,
+    Lookup,
+    PutResult,
+    StoredPrediction,
+    SweepResult,
+    TakeResult,
+)
+
+_Key = tuple[str, int]
+
+
+class _Done(NamedTuple):
+    model: str
+    found: Found  # DUPLICATE (was labelled) or EXPIRED
+    forget_at: float
+
+
+class MemoryStore:
+    """Predictions in this process's memory; lost on restart."""
+
+    backend = "memory"
+
+    def __init__(self, max_entries: int, remember_seconds: float) -> None:
+        self._max = max_entries
+        self._remember = remember_seconds
+        self._pending: dict[str, OrderedDict[_Key, StoredPrediction]] = {}
+        self._pending_total = 0
+        self._done: OrderedDict[_Key, _Done] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Keys held: pending predictions plus remembered keys (never above max_entries)."""
+        return self._pending_total + len(self._done)
+
+    def open(self) -> None:
+        """Nothing to open."""
+
+    def close(self) -> None:
+        """Drop everything."""
+        self._pending.clear()
+        self._done.clear()
+        self._pending_total = 0
+
+    def _discard(self, key: _Key) -> None:
+        if self._done.pop(key, None) is not None:
+            return
+        for pending in self._pending.values():
+            if pending.pop(key, None) is not None:
+                self._pending_total -= 1
+                return
+
+    def put(self, rows: Sequence[StoredPrediction], now: float) -> PutResult:
+        """Store each row; evict to stay within max_entries."""
+        evicted: Counter[str] = Counter()
+        for row in rows:
+            key = (row.request_id, row.row)
+            self._discard(key)
+            pending = self._pending.get(row.model)
+            if pending is None:
+                pending = self._pending[row.model] = OrderedDict()
+            pending[key] = row
+            self._pending_total += 1
+            while len(self) > self._max:
+                self._evict_one(evicted)
+        return PutResult(dict(evicted))
+
+    def _evict_one(self, evicted: Counter[str]) -> None:
+        if self._done:
+            self._done.popitem(last=False)
+            return
+        oldest: OrderedDict[_Key, StoredPrediction] | None = None
+        oldest_time = 0.0
+        for pending in self._pending.values():
+            if pending:
+                first = next(iter(pending.values()))
+                if oldest is None or first.time < oldest_time:
+                    oldest, oldest_time = pending, first.time
+        assert oldest is not None  # len(self) > max_entries >= 1
+        _, row = oldest.popitem(last=False)
+        self._pending_total -= 1
+        evicted[row.model] += 1
+
+    def _find_pending(self, key: _Key) -> StoredPrediction | None:
+        for pending in self._pending.values():
+            row = pending.get(key)
+            if row is not None:
+                return row
+        return None
+
+    def take(self, lookups: Sequence[Lookup], now: float) -> list[TakeResult]:
+        """Answer each lookup in order; a matched prediction becomes a remembered key."""
+        results: list[TakeResult] = []
+        for lookup in lookups:
+            key = (lookup.request_id, lookup.row)
+            done = self._done.get(key)
+            if done is not None:
+                if done.model != lookup.model:
+                    results.append(TakeResult(Found.WRONG_MODEL, other_model=done.model))
+                else:
+                    results.append(TakeResult(done.found))
+                continue
+            pending = self._pending.get(lookup.model)
+            row = pending.get(key) if pending is not None else None
+            if row is None or pending is None:
+                other = self._find_pending(key)
+                if other is not None:
+                    results.append(TakeResult(Found.WRONG_MODEL, other_model=other.model))
+                elif lookup.row > 0 and self._known((lookup.request_id, 0)):
+                    results.append(TakeResult(Found.BAD_ROW))
+                else:
+                    results.append(TakeResult(Found.UNKNOWN))
+                continue
+            if row.expires <= now:  # the next sweep moves and counts it
+                results.append(TakeResult(Found.EXPIRED))
+                continue
+            del pending[key]
+            self._pending_total -= 1
+            self._done[key] = _Done(row.model, Found.DUPLICATE, now + self._remember)
+            results.append(TakeResult(Found.MATCHED, row))
+        return results
+
+    def _known(self, key: _Key) -> bool:
+        return key in self._done or self._find_pending(key) is not None
+
+    def sweep(self, now: float, models: Collection[str]) -> SweepResult:
+        """Expire pending predictions past their TTL, forget keys past remember_seconds."""
+        expired: Counter[str] = Counter()
+        for model, pending in self._pending.items():
+            while pending:
+                key, row = next(iter(pending.items()))
+                if row.expires > now:
+                    break
+                del pending[key]
+                self._pending_total -= 1
+                self._done[key] = _Done(model, Found.EXPIRED, now + self._remember)
+                expired[model] += 1
+        while self._done:
+            key, done = next(iter(self._done.items()))
+            if done.forget_at > now:
+                break
+            del self._done[key]
+        counts = {model: len(self._pending.get(model, ())) for model in models}
+        counts.update({model: len(p) for model, p in self._pending.items()})
+        return SweepResult(dict(expired), {}, counts)

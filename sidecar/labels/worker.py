@@ -1,0 +1,295 @@
+"""The background thread that owns the prediction store.
+
+The request path only appends to a bounded in-memory queue (``submit``: a
+lock, a length check, an append). Every ``flush_interval_ms`` the worker turns
+the queued requests into one row per prediction (argmax for classifiers) and
+writes them in one store call. Label batches (``join``) wake the worker at
+once; it first flushes what is queued, so a label never misses a prediction
+that was answered before it was sent, then runs the join. Every
+``sweep_interval_seconds`` it expires predictions and refreshes the pending
+gauge.
+
+Store failures never reach the request path: a failed write drops its rows
+(counted as ``store_error``), a failed label batch is answered UNAVAILABLE,
+and both are counted in ``sidecar_label_store_errors_total`` and logged (at
+most once per ``LOG_EVERY`` seconds while the failure lasts, and once when
+the store works again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from exporters.labels import LabelMetrics
+from sidecar.config import LabelStoreConfig
+from sidecar.labels.errors import StoreError, StoreUnavailableError
+from sidecar.labels.join import Label, LabelJoiner, LabelOutcome, ModelSpec
+from sidecar.labels.store import PredictionStore
+from sidecar.labels.types import StoredPrediction
+
+log = logging.getLogger(__name__)
+
+#: Seconds between repeated log lines about a store that keeps failing.
+LOG_EVERY = 10.0
+
+
+@dataclass(slots=True)
+class _Queued:
+    request_id: str
+    spec: ModelSpec
+    version: str
+    output: np.ndarray
+    rows: int
+    time: float
+
+
+_Take = tuple[Sequence[Label], "concurrent.futures.Future[list[LabelOutcome]]"]
+
+
+class StoreWorker:
+    """Owns a PredictionStore on one thread; the event loop never waits on it."""
+
+    def __init__(
+        self,
+        store: PredictionStore,
+        joiner: LabelJoiner,
+        metrics: LabelMetrics,
+        config: LabelStoreConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._joiner = joiner
+        self._metrics = metrics
+        self._clock = clock
+        self._flush_interval = config.flush_interval_ms / 1000.0
+        self._sweep_interval = config.sweep_interval_seconds
+        self._max_rows = config.queue_rows
+        self._lock = threading.Lock()
+        self._queue: list[_Queued] = []
+        self._queued_rows = 0
+        self._takes: list[_Take] = []
+        self._wake = threading.Event()
+        self._stopping = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._failing: dict[str, float] = {}  # operation → when it was last logged
+        self._skipped: set[str] = set()  # models whose output is not one value per row
+        metrics.queue_rows.set_function(lambda: self._queued_rows)
+
+    @property
+    def queued_rows(self) -> int:
+        """Predictions waiting to be written."""
+        return self._queued_rows
+
+    # ---------------------------------------------------------- any thread
+
+    def submit(
+        self,
+        request_id: str,
+        spec: ModelSpec,
+        version: str,
+        output: np.ndarray,
+        rows: int,
+        t: float,
+    ) -> None:
+        """Queue one answered request's predictions (O(1); drops when the queue is full)."""
+        with self._lock:
+            if self._queued_rows + rows <= self._max_rows and not self._closed:
+                self._queue.append(_Queued(request_id, spec, version, output, rows, t))
+                self._queued_rows += rows
+                return
+        self._metrics.dropped_rows(spec.name, "queue_full", rows)
+
+    async def join(self, labels: Sequence[Label]) -> list[LabelOutcome]:
+        """Join a batch of labels on the worker thread; StoreUnavailableError if it cannot."""
+        future: concurrent.futures.Future[list[LabelOutcome]] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed or self._thread is None:
+                raise StoreUnavailableError("the label store is not running (shutting down?)")
+            self._takes.append((labels, future))
+        self._wake.set()
+        return await asyncio.wrap_future(future)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the store (off the loop), then start the thread."""
+        try:
+            await asyncio.to_thread(self._store.open)
+        except StoreError:
+            self._metrics.store_error("open")
+            raise
+        self._thread = threading.Thread(target=self._run, name="label-store", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Write what is queued, answer pending label batches, close the store."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+
+    # --------------------------------------------------------- worker thread
+
+    def _run(self) -> None:
+        monotonic = time.monotonic
+        next_flush = monotonic() + self._flush_interval
+        next_sweep = monotonic() + self._sweep_interval
+        try:
+            while True:
+                wait = min(next_flush, next_sweep) - monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                self._wake.clear()
+                with self._lock:
+                    takes, self._takes = self._takes, []
+                    stopping = self._stopping
+                    if stopping:
+                        self._closed = True
+                now = monotonic()
+                if takes or stopping or now >= next_flush:
+                    self._guarded(self.flush)
+                    next_flush = now + self._flush_interval
+                for labels, future in takes:
+                    self._answer(labels, future)
+                if stopping:
+                    break
+                if now >= next_sweep:
+                    self._guarded(self.sweep)
+                    next_sweep = now + self._sweep_interval
+        finally:
+            try:
+                self._store.close()
+            except Exception:
+                log.exception("closing the label store failed")
+
+    @staticmethod
+    def _guarded(step: Callable[[], None]) -> None:
+        """Run a step; a bug in it is logged and the worker goes on (labels must not hang)."""
+        try:
+            step()
+        except Exception:
+            log.exception("label store worker: %s failed", step.__name__)
+
+    def flush(self) -> None:
+        """Write every queued prediction in one store call (worker thread only)."""
+        with self._lock:
+            queue, self._queue = self._queue, []
+            self._queued_rows = 0
+        if not queue:
+            return
+        rows: list[StoredPrediction] = []
+        recorded: Counter[tuple[str, str]] = Counter()
+        for item in queue:
+            made = self._expand(item)
+            rows.extend(made)
+            recorded[(item.spec.name, item.version)] += len(made)
+        started = time.perf_counter()
+        try:
+            result = self._store.put(rows, self._clock())
+        except Exception as exc:  # StoreError, or a bug: either way the rows are lost
+            self._failed("write", exc)
+            for (model, _), n in recorded.items():
+                self._metrics.dropped_rows(model, "store_error", n)
+            return
+        self._recovered("write")
+        self._metrics.flush_duration.observe(time.perf_counter() - started)
+        for (model, version), n in recorded.items():
+            self._metrics.recorded_rows(model, version, n)
+        for model, n in result.evicted.items():
+            self._metrics.dropped_rows(model, "evicted", n)
+
+    def _expand(self, item: _Queued) -> list[StoredPrediction]:
+        spec = item.spec
+        try:
+            table = item.output.reshape(item.rows, -1)
+        except ValueError:
+            table = None
+        if (
+            table is None
+            or table.shape[1] == 0
+            or (spec.task == "regression" and table.shape[1] != 1)
+        ):
+            if spec.name not in self._skipped:
+                self._skipped.add(spec.name)
+                log.error(
+                    "model %s: output %r has shape %s for %d rows; labels need %s per row, "
+                    "so its predictions are not kept",
+                    spec.name,
+                    spec.output,
+                    item.output.shape,
+                    item.rows,
+                    "class scores" if spec.task == "classification" else "one value",
+                )
+            return []
+        if spec.task == "classification":
+            values = np.argmax(table, axis=1).tolist()
+        else:
+            values = table[:, 0].astype(np.float64).tolist()
+        expires = item.time + spec.ttl_seconds
+        return [
+            StoredPrediction(
+                item.request_id, row, spec.name, item.version, value, item.time, expires
+            )
+            for row, value in enumerate(values)
+        ]
+
+    def _answer(
+        self, labels: Sequence[Label], future: concurrent.futures.Future[list[LabelOutcome]]
+    ) -> None:
+        try:
+            outcomes = self._joiner.join(labels)
+        except StoreError as exc:
+            self._failed("read", exc)
+            future.set_exception(
+                StoreUnavailableError(f"label store unavailable, retry later: {exc.message}")
+            )
+        except Exception as exc:  # a bug: the caller answers INTERNAL, the worker goes on
+            log.exception("joining %d labels failed", len(labels))
+            future.set_exception(exc)
+        else:
+            self._recovered("read")
+            future.set_result(outcomes)
+
+    def sweep(self) -> None:
+        """Expire predictions past their TTL and refresh the pending gauge."""
+        try:
+            result = self._store.sweep(self._clock(), self._joiner.models)
+        except Exception as exc:
+            self._failed("sweep", exc)
+            return
+        self._recovered("sweep")
+        for model, n in result.expired.items():
+            self._metrics.expired_rows(model, n)
+        for model, n in result.evicted.items():
+            self._metrics.dropped_rows(model, "evicted", n)
+        for model, n in result.pending.items():
+            self._metrics.set_pending(model, n)
+
+    def _failed(self, operation: str, exc: Exception) -> None:
+        self._metrics.store_error(operation)
+        if not isinstance(exc, StoreError):  # not the backend: a bug, always with its traceback
+            log.error("label store %s failed unexpectedly", operation, exc_info=exc)
+            return
+        now = time.monotonic()
+        last = self._failing.get(operation)
+        if last is None or now - last >= LOG_EVERY:
+            self._failing[operation] = now
+            log.error("label store %s failed: %s", operation, exc.message)
+
+    def _recovered(self, operation: str) -> None:
+        if self._failing.pop(operation, None) is not None:
+            log.warning("label store %s works again", operation)

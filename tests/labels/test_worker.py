@@ -1,0 +1,215 @@
+"""StoreWorker: a bounded queue on the request side, batched writes, failures contained."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporters.labels import LabelMetrics
+from sidecar.config import LabelStoreConfig, MonitoringConfig
+from sidecar.labels.errors import StoreUnavailableError
+from sidecar.labels.join import Label, LabelJoiner, ModelSpec
+from sidecar.labels.store import PredictionStore
+from sidecar.labels.store_sqlite import SqliteStore
+from sidecar.labels.types import Lookup, PutResult, StoredPrediction
+from sidecar.labels.worker import StoreWorker
+from tests.labels.fakes import FlakyStore
+from tests.labels.helpers import sample
+
+CLASSIFY = MonitoringConfig.model_validate(
+    {"task": "classification", "classification": {"output": "p", "class_names": ["a", "b", "c"]}}
+)
+REGRESS = MonitoringConfig.model_validate({"task": "regression", "regression": {"outputs": ["y"]}})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(
+    store: PredictionStore, **settings: object
+) -> tuple[StoreWorker, CollectorRegistry, ModelSpec, ModelSpec, Clock]:
+    registry = CollectorRegistry()
+    metrics = LabelMetrics(registry, (1.0,), (1.0,), store.backend)
+    clock = Clock()
+    joiner = LabelJoiner(store, metrics, max_row=1000, clock=clock)
+    config = LabelStoreConfig.model_validate(settings)
+    clf = ModelSpec.from_config("clf", CLASSIFY, 60.0)
+    reg = ModelSpec.from_config("reg", REGRESS, 60.0)
+    assert clf is not None and reg is not None
+    for spec in (clf, reg):
+        joiner.register(spec)
+        metrics.prepare_model(spec.name, "1", spec.class_names)
+    return StoreWorker(store, joiner, metrics, config, clock=clock), registry, clf, reg, clock
+
+
+def scores(*classes: int) -> np.ndarray:
+    return np.eye(3, dtype=np.float32)[list(classes)]
+
+
+def test_flush_writes_one_row_per_prediction() -> None:
+    store = FlakyStore()
+    worker, registry, clf, reg, clock = make(store)
+    worker.submit("r1", clf, "1", scores(2, 0, 1), 3, clock.now)
+    worker.submit("r2", reg, "1", np.array([[1.5], [2.5]], dtype=np.float32), 2, clock.now)
+    assert worker.queued_rows == 5
+    assert sample(registry, "sidecar_label_store_queue_rows") == 5
+    worker.flush()
+    assert worker.queued_rows == 0
+    taken = store.take([Lookup("r1", i, "clf") for i in range(3)] + [Lookup("r2", 1, "reg")], 1.0)
+    assert [r.prediction.value for r in taken if r.prediction] == [2, 0, 1, 2.5]
+    assert sample(registry, "sidecar_predictions_recorded_total", model="clf", version="1") == 3
+    assert sample(registry, "sidecar_predictions_recorded_total", model="reg", version="1") == 2
+
+
+def test_queue_is_bounded_and_drops_are_counted() -> None:
+    worker, registry, clf, _, clock = make(FlakyStore(), queue_rows=10)
+    for i in range(7):
+        worker.submit(f"r{i}", clf, "1", scores(0, 1), 2, clock.now)
+    assert worker.queued_rows == 10
+    assert sample(registry, "sidecar_predictions_dropped_total", model="clf",
+                  reason="queue_full") == 4  # fmt: skip
+
+
+def test_write_failure_drops_counts_logs_once_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FlakyStore()
+    worker, registry, clf, _, clock = make(store)
+    store.broken = True
+    with caplog.at_level(logging.ERROR, logger="sidecar.labels.worker"):
+        for i in range(3):
+            worker.submit(f"r{i}", clf, "1", scores(0), 1, clock.now)
+            worker.flush()
+    assert sample(registry, "sidecar_label_store_errors_total", backend="flaky",
+                  operation="write") == 3  # fmt: skip
+    assert sample(registry, "sidecar_predictions_dropped_total", model="clf",
+                  reason="store_error") == 3  # fmt: skip
+    assert len([r for r in caplog.records if "write failed" in r.getMessage()]) == 1
+    store.broken = False
+    worker.submit("ok", clf, "1", scores(1), 1, clock.now)
+    with caplog.at_level(logging.WARNING, logger="sidecar.labels.worker"):
+        worker.flush()
+    assert any("works again" in r.getMessage() for r in caplog.records)
+    assert store.take([Lookup("ok", 0, "clf")], clock.now)[0].prediction is not None
+
+
+def test_sweep_counts_expiry_and_sets_pending() -> None:
+    worker, registry, clf, _, clock = make(FlakyStore())
+    worker.submit("r1", clf, "1", scores(0, 1), 2, clock.now)
+    worker.flush()
+    worker.sweep()
+    assert sample(registry, "sidecar_pending_predictions", model="clf") == 2
+    clock.now += 61
+    worker.sweep()
+    assert sample(registry, "sidecar_predictions_expired_total", model="clf") == 2
+    assert sample(registry, "sidecar_pending_predictions", model="clf") == 0
+
+
+def test_outputs_that_are_not_one_value_per_row_are_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FlakyStore()
+    worker, _, _, reg, clock = make(store)
+    with caplog.at_level(logging.ERROR, logger="sidecar.labels.worker"):
+        for i in range(2):
+            worker.submit(f"r{i}", reg, "1", np.zeros((2, 2), dtype=np.float32), 2, clock.now)
+            worker.flush()
+    assert len(store) == 0
+    assert len([r for r in caplog.records if "not kept" in r.getMessage()]) == 1
+
+
+def test_started_worker_joins_flushes_on_stop_and_then_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    store = SqliteStore(path, 1000, 60.0)
+    worker, _, clf, _, clock = make(store, flush_interval_ms=60_000)
+
+    async def scenario() -> None:
+        await worker.start()
+        worker.submit("r1", clf, "1", scores(1), 1, clock.now)
+        # the label wakes the worker, which writes the queue first
+        outcomes = await worker.join([Label("r1", "clf", 0, "class_name", "b")])
+        assert [o.outcome for o in outcomes] == ["matched"]
+        worker.submit("r2", clf, "1", scores(2), 1, clock.now)
+        await worker.stop()  # long before the 60 s flush interval
+        with pytest.raises(StoreUnavailableError):
+            await worker.join([Label("r2", "clf", 0, "class_name", "c")])
+
+    asyncio.run(scenario())
+    reopened = SqliteStore(path, 1000, 60.0)
+    reopened.open()
+    assert [r.found.value for r in reopened.take([Lookup("r2", 0, "clf")], clock.now)] == [
+        "matched"
+    ]
+    reopened.close()
+
+
+def test_label_batch_during_store_outage_is_unavailable() -> None:
+    store = FlakyStore()
+    worker, registry, clf, _, clock = make(store)
+
+    async def scenario() -> None:
+        await worker.start()
+        try:
+            store.broken = True
+            with pytest.raises(StoreUnavailableError, match="retry"):
+                await worker.join([Label("r1", "clf", 0, "class_name", "b")])
+            store.broken = False
+            worker.submit("r1", clf, "1", scores(1), 1, clock.now)
+            outcomes = await worker.join([Label("r1", "clf", 0, "class_name", "b")])
+            assert [o.outcome for o in outcomes] == ["matched"]
+        finally:
+            await worker.stop()
+
+    asyncio.run(scenario())
+    assert sample(registry, "sidecar_label_store_errors_total", backend="flaky",
+                  operation="read") == 1  # fmt: skip
+
+
+class BuggyStore(FlakyStore):
+    """Raises a plain exception (not a StoreError) from its next write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bug = True
+
+    def put(self, rows: Sequence[StoredPrediction], now: float) -> PutResult:
+        if self.bug:
+            self.bug = False
+            raise RuntimeError("a bug in the store")
+        return super().put(rows, now)
+
+
+def test_a_bug_in_the_store_loses_its_rows_not_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = BuggyStore()
+    worker, registry, clf, _, clock = make(store)
+
+    async def scenario() -> None:
+        await worker.start()
+        try:
+            worker.submit("lost", clf, "1", scores(1), 1, clock.now)
+            outcomes = await worker.join([Label("lost", "clf", 0, "class_name", "b")])
+            assert [o.outcome for o in outcomes] == ["unknown_id"]
+            worker.submit("kept", clf, "1", scores(1), 1, clock.now)
+            outcomes = await worker.join([Label("kept", "clf", 0, "class_name", "b")])
+            assert [o.outcome for o in outcomes] == ["matched"]
+        finally:
+            await worker.stop()
+
+    with caplog.at_level(logging.ERROR, logger="sidecar.labels.worker"):
+        asyncio.run(scenario())
+    assert any(r.exc_info and "a bug in the store" in str(r.exc_info[1]) for r in caplog.records)
+    assert sample(registry, "sidecar_predictions_dropped_total", model="clf",
+                  reason="store_error") == 1  # fmt: skip
