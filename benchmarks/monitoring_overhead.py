@@ -5,8 +5,9 @@ Two ``inference-sidecar serve`` processes serve the digits model:
 - on: the default server configuration (``metrics.enabled: true``) and the
   model's shipped ``config.yaml`` (classification monitoring, and whatever
   else the bundled example turns on in this build: drift, labels, ...);
-- off: ``metrics.enabled: false`` and the model's ``config.yaml`` without its
-  ``monitoring`` section.
+- off: every server section with an ``enabled`` switch turned off (``metrics``,
+  ``labels``, ... whatever this build has) and the model's ``config.yaml``
+  without its ``monitoring`` section.
 
 The script does not assume which monitoring parts exist: after the run it
 scrapes the "on" server's ``/metrics`` and lists its gRPC services, and says
@@ -57,11 +58,14 @@ from sidecar.bench import parse_concurrency
 GROUPS = {
     "serving": ("inference_", "request_", "queue_", "compute_", "batch_", "inflight", "rejected"),
     "models": ("model_",),
+    "labels": (
+        "labels_", "labeled_", "confusion_", "class_outcomes", "label_", "pending_",
+        "predictions_expired", "prediction_store",
+    ),
     "outputs": ("predictions_", "prediction_", "output_", "nonfinite_"),
     "drift": ("drift_",),
-    "labels": ("labels_", "labeled_", "confusion_", "class_outcomes", "label_", "pending_"),
     "gpu": ("gpu_", "torch_cuda"),
-}
+}  # fmt: skip
 
 
 def scrape(port: int) -> str | None:
@@ -101,15 +105,29 @@ def services(target: str) -> list[str]:
     return []
 
 
+def switchable() -> list[str]:
+    """Server config sections with an ``enabled`` switch (metrics, labels, ... in this build)."""
+    from pydantic import BaseModel
+
+    from sidecar.config import ServerConfig
+
+    sections = {name: info.annotation for name, info in ServerConfig.model_fields.items()}
+    return [
+        name
+        for name, kind in sections.items()
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and "enabled" in kind.model_fields
+    ]
+
+
 def configs(root: Path) -> tuple[Path, Path, Path, Path]:
-    """Repositories and server configs for on and off."""
+    """Repositories and server configs for on (as shipped) and off (every switch off)."""
     shipped = yaml.safe_load((EXAMPLES / "digits" / "config.yaml").read_text()) or {}
     without = {k: v for k, v in shipped.items() if k != "monitoring"}
     copy_model("digits", root / "on", "digits")
     copy_model("digits", root / "off", "digits", yaml.safe_dump(without) if without else "{}\n")
     on_yaml, off_yaml = root / "on.yaml", root / "off.yaml"
     on_yaml.write_text("{}\n")
-    off_yaml.write_text("metrics:\n  enabled: false\n")
+    off_yaml.write_text(yaml.safe_dump({name: {"enabled": False} for name in switchable()}))
     return root / "on", on_yaml, root / "off", off_yaml
 
 
@@ -181,7 +199,10 @@ def main() -> None:
         print(f"monitoring on: /metrics answered with sidecar_* families for: {parts}")
     feedback = [s for s in active["services"] if "Feedback" in s]
     print(f"delayed-label store: {'FeedbackService ' + feedback[0] if feedback else 'absent'}")
-    print(f"monitoring off: /metrics answered: {inactive['metrics_endpoint']}")
+    print(
+        f"monitoring off: {', '.join(f'{n}.enabled: false' for n in switchable())}, no model "
+        f"monitoring section; /metrics answered: {inactive['metrics_endpoint']}"
+    )
     print()
     print(
         "| concurrency | on req/s | off req/s | on ÷ off (range) | on p99 ms | off p99 ms "

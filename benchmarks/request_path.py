@@ -9,13 +9,16 @@ is ours, in one process, alternating the variants many times:
 - ``data plane``: ``DataPlane.infer`` with metrics off (resolve, decode with
   every check, run, encode, request record);
 - ``data plane + monitoring``: the same with the server's default monitoring
-  listeners (whatever ``build_server`` wires in this build);
+  (whatever ``build_server`` wires in this build: metrics, output analysis,
+  the delayed-label store, ...) and the digits model's shipped ``monitoring``
+  section (a classifier), so every part has work to do;
 - ``data plane + batcher``: metrics off, the model behind a ``Batcher`` with
   the default settings.
 
 The model is a constant (the digits model's output shapes, no compute), so
-the figures are the request path alone. CPU µs per request, fastest and
-median of the repeats.
+the figures are the request path alone. CPU µs per request of the whole
+process (background threads such as the output analysis and the label
+store's writer included), fastest and median of the repeats.
 
     python -m benchmarks.request_path --repeats 15 --requests 5000
 """
@@ -32,12 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, save
+from benchmarks.common import EXAMPLES, machine, save
+from benchmarks.monitoring_overhead import switchable
 from sidecar.app import build_server
-from sidecar.config import BatchingConfig, ModelConfig, ServerConfig
+from sidecar.config import BatchingConfig, ModelConfig, ServerConfig, load_model_config
 from sidecar.dataplane import DataPlane
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.runtimes.fakes import SumRuntime
+from sidecar.server import SidecarServer
 from sidecar.types import ModelSignature, Tensors, TensorSpec
 
 
@@ -82,13 +87,22 @@ def minimal(req: pb.ModelInferRequest, outputs: Tensors) -> pb.ModelInferRespons
     return response
 
 
-async def plane(root: Path, metrics: bool, batching: bool) -> tuple[DataPlane, object]:
+async def plane(root: Path, monitoring: bool, batching: bool) -> tuple[DataPlane, SidecarServer]:
+    """A started server (loopback, ports picked by the OS) with the constant model added."""
+    switches = {name: {"enabled": monitoring} for name in switchable()}
+    loopback = {"host": "127.0.0.1", "port": 0}
     config = ServerConfig.model_validate(
-        {"model_repository": str(root), "device": "cpu", "metrics": {"enabled": metrics}}
+        {"model_repository": str(root), "device": "cpu", **switches}
+        | {"grpc": loopback, "metrics": {**switches["metrics"], **loopback}}
     )
     server = build_server(config)
-    model_config = ModelConfig(batching=BatchingConfig(enabled=batching))
+    shipped = load_model_config(EXAMPLES / "digits" / "config.yaml")
+    model_config = ModelConfig(
+        batching=BatchingConfig(enabled=batching),
+        **({"monitoring": shipped.monitoring} if monitoring else {}),
+    )
     await server.plane.models.add("digits", "1", model_config, Constant())
+    await server.start()
     return server.plane, server
 
 
@@ -96,9 +110,9 @@ async def measure(requests: int, repeats: int) -> dict[str, list[float]]:
     root = Path(tempfile.mkdtemp())
     req = request()
     outputs = Constant().outputs
-    plain, _ = await plane(root, metrics=False, batching=False)
-    monitored, _ = await plane(root, metrics=True, batching=False)
-    batched, _ = await plane(root, metrics=False, batching=True)
+    plain, plain_server = await plane(root, monitoring=False, batching=False)
+    monitored, monitored_server = await plane(root, monitoring=True, batching=False)
+    batched, batched_server = await plane(root, monitoring=False, batching=True)
 
     async def run_minimal() -> None:
         for _ in range(requests):
@@ -126,8 +140,8 @@ async def measure(requests: int, repeats: int) -> dict[str, list[float]]:
             started = time.process_time()
             await variants[name]()
             results[name].append((time.process_time() - started) / requests * 1e6)
-    await monitored.models.unload_all()
-    await batched.models.unload_all()
+    for server in (plain_server, monitored_server, batched_server):
+        await server.stop(grace=0)
     return results
 
 
