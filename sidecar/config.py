@@ -387,6 +387,100 @@ class MonitoringConfig(_Section):
         return self
 
 
+#: Anomaly-score histogram buckets: the score divided by its threshold (1 = the threshold).
+DEFAULT_ANOMALY_BUCKETS: tuple[float, ...] = (
+    0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0,
+)  # fmt: skip
+#: Shadow output-difference buckets: |primary - shadow|, in the output's own unit.
+DEFAULT_DIFFERENCE_BUCKETS: tuple[float, ...] = (
+    1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 100.0,
+)  # fmt: skip
+
+
+def _increasing(value: tuple[float, ...]) -> tuple[float, ...]:
+    if not value or any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+        raise ValueError("buckets must be positive and strictly increasing")
+    return value
+
+
+class ActivationsConfig(_Section):
+    """Activation statistics of chosen layers (torch.export models; docs/insight.md)."""
+
+    layers: tuple[str, ...] = Field(
+        min_length=1, description="module names or globs (fnmatch), e.g. body.0 or encoder.*"
+    )
+    sample_rate: float = Field(0.1, gt=0, le=1, description="fraction of batches summarised")
+    seed: int = Field(0, description="seed of the batch sampler")
+    max_layers: int = Field(
+        32, ge=1, le=256, description="most layers the patterns may match (bounds metric series)"
+    )
+    reference: Path | None = Field(
+        None,
+        description="model inputs (.npy, relative to the model directory) whose layer means "
+        "are the drift reference",
+    )
+    window: int = Field(500, ge=10, description="sampled rows of layer means per drift window")
+
+
+class AnomalyConfig(_Section):
+    """Per-row anomaly score: Mahalanobis distance from the reference data."""
+
+    reference: Path = Field(
+        description="reference rows of the input (.npy, relative to the model directory)"
+    )
+    input: str | None = Field(None, description="input to score; None: the model's only input")
+    quantile: float = Field(
+        0.99, gt=0.5, lt=1, description="reference quantile of the score that is the threshold"
+    )
+    projection: Literal["none", "pca", "random"] = Field(
+        "none", description="reduce standardised features to `components` dimensions first"
+    )
+    components: int = Field(32, ge=1, description="dimensions kept by the projection")
+    shrinkage: float = Field(
+        0.01, ge=0, lt=1, description="covariance shrinkage towards the identity"
+    )
+    calibration_fraction: float = Field(
+        0.3, gt=0, lt=1, description="reference rows held out to place the threshold"
+    )
+    seed: int = Field(0, description="seed of the calibration split and random projection")
+    return_score: bool = Field(
+        False, description="add sidecar_anomaly_* parameters to every response"
+    )
+    buckets: tuple[float, ...] = Field(
+        DEFAULT_ANOMALY_BUCKETS, description="histogram buckets of score / threshold"
+    )
+
+    _buckets = field_validator("buckets")(classmethod(lambda cls, v: _increasing(v)))
+
+
+class ShadowConfig(_Section):
+    """Run sampled requests on another version too, off the request path, and compare."""
+
+    version: int = Field(ge=0, description="the shadow version's directory under the model")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="fraction of requests shadowed")
+    seed: int = Field(0, description="seed of the request sampler")
+    queue_size: int = Field(
+        64, ge=1, description="requests waiting for the shadow; more are dropped and counted"
+    )
+    output: str | None = Field(
+        None,
+        description="output compared; None: classification output or first regression output",
+    )
+    difference_buckets: tuple[float, ...] = Field(
+        DEFAULT_DIFFERENCE_BUCKETS, description="histogram buckets of |primary - shadow|"
+    )
+
+    _buckets = field_validator("difference_buckets")(classmethod(lambda cls, v: _increasing(v)))
+
+
+class InsightConfig(_Section):
+    """Model insight: activations, anomaly scores, shadow comparison (docs/insight.md)."""
+
+    activations: ActivationsConfig | None = Field(None, description="None: no layer hooks")
+    anomaly: AnomalyConfig | None = Field(None, description="None: no anomaly score")
+    shadow: ShadowConfig | None = Field(None, description="None: no shadow version")
+
+
 class ModelConfig(_Section):
     """Root of ``<repository>/<model>/config.yaml``."""
 
@@ -399,6 +493,7 @@ class ModelConfig(_Section):
     onnx: OnnxOptions = OnnxOptions()
     batching: BatchingConfig = BatchingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    insight: InsightConfig = InsightConfig()
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 
