@@ -21,7 +21,7 @@ from sidecar.errors import (
     SidecarError,
     UnavailableError,
 )
-from sidecar.events import Listener, RequestRecord
+from sidecar.events import Listener, RequestRecord, ResponseAnnotator
 from sidecar.models import ModelManager, ServedModel
 from sidecar.proto import grpc_service_pb2 as pb
 
@@ -31,9 +31,15 @@ log = logging.getLogger(__name__)
 class DataPlane:
     """Answers ModelInfer requests for the models a ModelManager holds."""
 
-    def __init__(self, models: ModelManager, listeners: Iterable[Listener] = ()) -> None:
+    def __init__(
+        self,
+        models: ModelManager,
+        listeners: Iterable[Listener] = (),
+        annotators: Iterable[ResponseAnnotator] = (),
+    ) -> None:
         self._models = models
         self._listeners = tuple(listeners)
+        self._annotators = tuple(annotators)
         self._prefix = os.urandom(6).hex()
         self._ids = itertools.count(1)
         self.shutting_down = False
@@ -106,6 +112,11 @@ class DataPlane:
                     f"model {model.name!r} version {model.version} returned outputs that do not "
                     f"match its signature: {exc}"
                 ) from exc
+            for annotator in self._annotators:
+                try:
+                    annotator.annotate(model, inputs, outputs, response)
+                except Exception:
+                    log.exception("annotator %r failed", annotator)
         except RequestError as exc:
             self._emit(
                 RequestRecord(

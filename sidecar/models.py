@@ -31,7 +31,7 @@ from sidecar.errors import (
     SidecarError,
     quote,
 )
-from sidecar.events import Listener
+from sidecar.events import Listener, ModelHook
 from sidecar.runtimes import MODEL_FILES, Runtime, create_runtime
 from sidecar.types import ModelSignature, Prediction, Tensors
 
@@ -85,7 +85,7 @@ def scan_repository(root: Path) -> RepositoryScan:
         try:
             if not _inside(root, model_dir):
                 raise ModelLoadError(f"{model_dir}: resolves outside the repository {root}")
-            versions = _versions(model_dir)
+            versions = model_versions(model_dir)
             if not versions:
                 raise ModelLoadError(
                     f"{model_dir}: no version directory with one of {', '.join(MODEL_FILES)}"
@@ -109,7 +109,8 @@ def scan_repository(root: Path) -> RepositoryScan:
     return RepositoryScan(tuple(sources), tuple(problems))
 
 
-def _versions(model_dir: Path) -> dict[int, Path]:
+def model_versions(model_dir: Path) -> dict[int, Path]:
+    """Version number → model file of every version directory under ``model_dir``."""
     found: dict[int, Path] = {}
     for entry in model_dir.iterdir():
         if not (entry.is_dir() and entry.name.isdigit()):
@@ -179,10 +180,12 @@ class ModelManager:
         listeners: Iterable[Listener] = (),
         executor: Executor | None = None,
         runtime_factory: RuntimeFactory | None = None,
+        hooks: Iterable[ModelHook] = (),
     ) -> None:
         self._config = config
         self._repository = repository
         self._listeners = tuple(listeners)
+        self._hooks = tuple(hooks)
         self._executor = executor
         self._factory = runtime_factory or self._default_factory
         self._models: dict[tuple[str, str], ServedModel] = {}
@@ -227,6 +230,8 @@ class ModelManager:
             await runtime.load()
             model.codec = RequestCodec(name, runtime.signature, self._config.limits)
             self._check_monitoring(model)
+            for hook in self._hooks:
+                await hook.prepare(model)
             if config.batching.enabled:
                 model.batcher = Batcher(name, runtime, config.batching, model.report_batch)
         except SidecarError as exc:
