@@ -12,7 +12,7 @@ import warnings
 from collections import Counter
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from sidecar.config import ModelConfig, ThreadsConfig
 from sidecar.errors import MissingDependencyError, ModelLoadError
 from sidecar.runtimes.base import ExecutorRuntime, RuntimeInfo, apply_overrides, file_digest
 from sidecar.types import ModelSignature, Tensors, TensorSpec
+
+if TYPE_CHECKING:
+    from sidecar.insight.activations import ActivationTaps
 
 _TORCH_TYPES = {
     "torch.bool": "BOOL",
@@ -87,6 +90,12 @@ class TorchRuntime(ExecutorRuntime):
         self._device = "cpu"
         self._signature: ModelSignature | None = None
         self._info: RuntimeInfo | None = None
+        self._taps: ActivationTaps | None = None
+
+    @property
+    def activations(self) -> ActivationTaps | None:
+        """Taps on the layers ``insight.activations`` names (None when not configured)."""
+        return self._taps
 
     @property
     def signature(self) -> ModelSignature:
@@ -136,6 +145,17 @@ class TorchRuntime(ExecutorRuntime):
                 )
         self._input_order = [s.name for s in self._signature.inputs]
         self._output_names = [s.name for s in self._signature.outputs]
+        if self._config.insight.activations is not None:
+            from sidecar.insight.activations import ActivationTaps
+
+            self._taps = ActivationTaps.attach(
+                torch,
+                self._module,
+                self._config.insight.activations,
+                model=self._name,
+                device=self._device,
+                input_order=self._input_order,
+            )
         modules = list(self._module.modules())
         self._info = RuntimeInfo(
             runtime="torch",
@@ -211,7 +231,11 @@ class TorchRuntime(ExecutorRuntime):
                 torch.from_numpy(a if a.flags.writeable else a.copy()).to(self._device)
                 for a in (inputs[n] for n in self._input_order)
             ]
-            result = self._module(*args)
+            taps = self._taps
+            if taps is not None and taps.begin(int(args[0].shape[0]) if args else 1):
+                result = taps.run(self._module, args)
+            else:
+                result = self._module(*args)
             if isinstance(result, dict):
                 result = [result[n] for n in self._output_names]
             elif not isinstance(result, (tuple, list)):
@@ -229,6 +253,9 @@ class TorchRuntime(ExecutorRuntime):
     async def unload(self) -> None:
         """Drop the module and free cached GPU memory."""
         self._ready = False
+        if self._taps is not None:
+            self._taps.detach()
+            self._taps = None
         self._module = None
         if self._torch is not None and self._device.startswith("cuda"):
             self._torch.cuda.empty_cache()
