@@ -10,8 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
-from sidecar.events import Listener
+from sidecar.events import Listener, ModelHook, ResponseAnnotator
 from sidecar.examples import MODEL_REPOSITORY
+from sidecar.insight.hub import Insight
 from sidecar.models import ModelManager, RuntimeFactory
 from sidecar.server import GrpcRegistrar, Service, SidecarServer
 
@@ -31,6 +32,13 @@ class AppParts:
     ``labels``: the delayed-label join (prediction store, FeedbackService). None
     builds one from ``config.labels`` when it is enabled, exporting to the
     metrics registry; pass your own to choose its store, clock or registry.
+
+    ``insight``: activations, anomaly scores and shadow versions
+    (docs/insight.md). None builds one exporting to the metrics registry (it
+    does nothing for models whose config.yaml has no ``insight:`` section).
+
+    ``model_hooks`` prepare each model version after it loads; ``annotators``
+    add to OK responses (``sidecar.events``).
     """
 
     listeners: list[Listener] = field(default_factory=list)
@@ -38,6 +46,9 @@ class AppParts:
     registrars: list[GrpcRegistrar] = field(default_factory=list)
     metrics: ServerMetrics | None = None
     labels: Labels | None = None
+    insight: Insight | None = None
+    model_hooks: list[ModelHook] = field(default_factory=list)
+    annotators: list[ResponseAnnotator] = field(default_factory=list)
 
 
 def build_server(
@@ -58,24 +69,32 @@ def build_server(
     if metrics is not None:
         listeners.insert(0, metrics.listener)
         services.insert(0, metrics)
+    registry = metrics.registry if metrics is not None else CollectorRegistry()
     labels = parts.labels
     if labels is None and config.labels.enabled:
         from sidecar.labels import Labels
 
-        registry = metrics.registry if metrics is not None else CollectorRegistry()
         labels = Labels(config, registry)
     if labels is not None:
         listeners.append(labels.recorder)
         services.append(labels)
         registrars.append(labels)
+    insight = parts.insight or Insight(config, registry)
+    listeners.append(insight)
+    services.append(insight)
     executor = ThreadPoolExecutor(
         max_workers=config.threads.executor_workers, thread_name_prefix="model"
     )
     repository = config.model_repository or MODEL_REPOSITORY
     models = ModelManager(
-        config, repository, listeners, executor=executor, runtime_factory=runtime_factory
+        config,
+        repository,
+        listeners,
+        executor=executor,
+        runtime_factory=runtime_factory,
+        hooks=[*parts.model_hooks, insight],
     )
-    plane = DataPlane(models, listeners)
+    plane = DataPlane(models, listeners, [*parts.annotators, insight])
     if metrics is not None:
         metrics.watch(plane)
     return SidecarServer(config, plane, services, registrars)

@@ -1,0 +1,27 @@
+"""Errors of the insight tools (convert, compare) that are not model-load errors.
+
+    SidecarError (sidecar.errors)
+    └── InsightError              a convert / compare run that cannot proceed
+        ├── ConversionError       the exporter or quantiser failed
+        └── DataMismatchError     a data file does not fit a model's inputs
+
+Problems found while a model loads (unknown layer names, a bad reference file)
+are ``sidecar.errors.ModelLoadError``: they fail that model's load like any
+other configuration problem.
+"""
+
+from __future__ import annotations
+
+from sidecar.errors import SidecarError
+
+
+class InsightError(SidecarError):
+    """A convert or compare run that cannot proceed; the message says why."""
+
+
+class ConversionError(InsightError):
+    """Exporting to ONNX or quantising failed; names the model and the step."""
+
+
+class DataMismatchError(InsightError):
+    """A data or labels file does not fit a model; names the file, the model and both shapes."""
