@@ -144,6 +144,41 @@ def _labels_send(args: argparse.Namespace) -> int:
     return 0 if report.all_matched else 1
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from sidecar.insight.convert import DEFAULT_OPSET, convert
+
+    result = convert(
+        args.source, args.output, int8_output=args.int8, opset=args.opset or DEFAULT_OPSET
+    )
+    print(
+        f"wrote {result.output} ({result.size_bytes:,} bytes); "
+        f"max |onnx - torch| on an example batch: {result.max_abs_diff:.3g}"
+    )
+    if result.int8_output is not None:
+        print(
+            f"wrote {result.int8_output} ({result.int8_size_bytes:,} bytes, int8 weights); "
+            f"max |int8 - torch| on an example batch: {result.int8_max_abs_diff:.3g}"
+        )
+    print(f"check it: inference-sidecar compare {args.source} {result.output} --data FILE")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from sidecar.insight.compare import compare
+
+    report = compare(
+        args.a, args.b, args.data, args.labels, batch_size=args.batch_size, device=args.device
+    )
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), default=str, indent=2))
+    else:
+        print(report.render())
+    return 0
+
+
 def _describe(model: ServedModel) -> str:
     sig = model.signature
     ins = ", ".join(f"{s.name} {s.describe()}" for s in sig.inputs)
@@ -244,6 +279,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     send.set_defaults(func=_labels_send)
+
+    conv = sub.add_parser(
+        "convert", help="export a TorchScript / torch.export model to ONNX (optionally int8)"
+    )
+    conv.add_argument(
+        "source", type=Path, help="model.pt (TorchScript) or model.pt2 (torch.export)"
+    )
+    conv.add_argument(
+        "output", type=Path, help="the ONNX file to write, e.g. models/m/2/model.onnx"
+    )
+    conv.add_argument("--int8", type=Path, help="also write a dynamically quantised int8 ONNX here")
+    conv.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    conv.set_defaults(func=_convert)
+
+    comp = sub.add_parser("compare", help="run two models on the same data and report differences")
+    comp.add_argument("a", type=Path, help="model file (or version directory) A")
+    comp.add_argument("b", type=Path, help="model file (or version directory) B")
+    comp.add_argument("--data", type=Path, required=True, help="input rows (.npy, .npz, .csv)")
+    comp.add_argument("--labels", type=Path, help="true class indices or values, one per row")
+    comp.add_argument("--batch-size", type=_positive_int, default=256, help="rows per model call")
+    comp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    comp.add_argument("--json", action="store_true", help="print the report as JSON")
+    comp.set_defaults(func=_compare)
     return parser
 
 

@@ -93,6 +93,17 @@ class TorchRuntime(ExecutorRuntime):
         self._taps: ActivationTaps | None = None
 
     @property
+    def path(self) -> Path:
+        """The model file."""
+        return self._path
+
+    @property
+    def module(self) -> Any:
+        """The loaded torch module (ScriptModule or exported GraphModule); valid after load."""
+        assert self._module is not None, "load() first"
+        return self._module
+
+    @property
     def activations(self) -> ActivationTaps | None:
         """Taps on the layers ``insight.activations`` names (None when not configured)."""
         return self._taps
