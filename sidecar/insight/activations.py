@@ -17,12 +17,14 @@ What a layer "hook" can be depends on how the model was saved:
   asking for activations on one is a load error that says so.
 
 A tap does nothing unless its thread's batch was sampled (``begin``). On a
-sampled batch each tap reduces its tensor on the model's device in a few
-kernels: finite count, sum of squares (as an L2 norm), non-zero count, max
-abs and one sum per row. ``end`` concatenates every layer's reductions and
-copies them to the host once. The host turns them into mean, std, fraction of
-zeros, fraction non-finite and max abs per layer, and a per-row mean of each
-layer, kept in a bounded window for drift against a reference.
+sampled batch each tap reduces its tensor on the model's device in six
+kernels: non-finite values zeroed, L2 norm, max abs, finite count, non-zero
+count and one sum per row. ``run`` then stacks every layer's reductions and
+copies them to the host once (three kernels and one copy per batch) and
+queues that array. Only when the statistics are read (a scrape, a drift
+evaluation) are they turned into mean, std, fraction of zeros, fraction
+non-finite and max abs per layer, and a per-row mean of each layer, kept in a
+bounded window for drift against a reference.
 
 Non-finite values are left out of mean, std and max abs (and count as zero in
 the per-row means). ``std`` comes from the sum of squares: it loses precision
@@ -34,6 +36,7 @@ from __future__ import annotations
 import fnmatch
 import random
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +51,6 @@ from sidecar.types import Tensors
 STAT_NAMES: tuple[str, ...] = ("mean", "std", "zero_ratio", "nonfinite_ratio", "max_abs")
 #: Most layer names quoted in an error message.
 _MAX_LISTED = 100
-_HEAD = 4  # finite count, L2 norm, non-zero count, max abs
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,79 +132,141 @@ def select_layers(
 
 
 class ActivationStats:
-    """The latest per-layer statistics and a bounded window of per-row layer means.
+    """Sampled batches' reductions, and what they add up to when read.
 
-    Written by executor threads (``update``), read by the exporter and the
-    drift evaluation (``snapshot``, ``window``); a lock keeps them consistent.
+    The request path only appends a batch's raw reductions (one host array) to
+    a bounded queue (``add``). Reading (``snapshot`` for the exporter, ``window``
+    for drift) first decodes queued batches: the latest batch's statistics, and
+    per-row layer means into a bounded window of the most recent rows. The
+    queue keeps at most ``window`` batches (each has at least one row), so no
+    row the window would hold is lost between reads. A lock keeps it consistent.
     """
 
     def __init__(self, layers: tuple[str, ...], window: int) -> None:
         self.layers = layers
         self._lock = threading.Lock()
-        self._stats = np.full((len(layers), len(STAT_NAMES)), np.nan)
+        self._pending: deque[tuple[np.ndarray, tuple[tuple[int, int], ...], int]] = deque(
+            maxlen=window
+        )
+        self._reductions = np.full((len(layers), 5), np.nan)
+        self._numel = np.zeros(len(layers))
         self._batches = 0
         self._rows = 0
         self._window = np.full((window, len(layers)), np.nan)
         self._next = 0
         self._filled = 0
 
-    def update(self, stats: np.ndarray, row_means: np.ndarray) -> None:
-        """Record one sampled batch: ``stats`` (layers, 5), ``row_means`` (rows, layers)."""
+    def add(self, values: np.ndarray, sizes: tuple[tuple[int, int], ...], rows: int) -> None:
+        """Queue one sampled batch's raw reductions (O(1); decoded when read)."""
+        with self._lock:
+            self._pending.append((values, sizes, rows))
+            self._batches += 1
+            self._rows += rows
+
+    def _drain(self) -> None:
+        while self._pending:
+            values, sizes, rows = self._pending.popleft()
+            self._reductions, self._numel, row_means = decode(values, sizes, rows)
+            self._append_rows(row_means)
+
+    def _append_rows(self, row_means: np.ndarray) -> None:
         size = self._window.shape[0]
         tail = row_means[-size:]
-        with self._lock:
-            self._stats = stats
-            self._batches += 1
-            self._rows += row_means.shape[0]
-            end = self._next + tail.shape[0]
-            if end <= size:
-                self._window[self._next : end] = tail
-            else:
-                split = size - self._next
-                self._window[self._next :] = tail[:split]
-                self._window[: end - size] = tail[split:]
-            self._next = end % size
-            self._filled = min(size, self._filled + tail.shape[0])
+        end = self._next + tail.shape[0]
+        if end <= size:
+            self._window[self._next : end] = tail
+        else:
+            split = size - self._next
+            self._window[self._next :] = tail[:split]
+            self._window[: end - size] = tail[split:]
+        self._next = end % size
+        self._filled = min(size, self._filled + tail.shape[0])
 
     def snapshot(self) -> ActivationSnapshot:
         """The statistics of the last sampled batch, and how many were summarised."""
         with self._lock:
-            return ActivationSnapshot(self.layers, self._batches, self._rows, self._stats.copy())
+            self._drain()
+            reductions, numel = self._reductions, self._numel
+            batches, rows = self._batches, self._rows
+        return ActivationSnapshot(self.layers, batches, rows, statistics(reductions, numel))
 
     def window(self) -> np.ndarray:
         """The most recent sampled rows' layer means, oldest first: (rows ≤ window, layers)."""
         with self._lock:
+            self._drain()
             if self._filled < self._window.shape[0]:
                 return self._window[: self._filled].copy()
             return np.roll(self._window, -self._next, axis=0)
 
 
-def summarise(
-    pieces: Sequence[tuple[np.ndarray, int, int]], rows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Host side: per-layer (head + row sums, numel, row count) → (stats, row means).
+def decode(
+    values: np.ndarray, sizes: tuple[tuple[int, int], ...], rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch's raw reductions → (reductions (layers, 5), numel (layers,), row means).
 
-    ``stats`` is (layers, 5) in STAT_NAMES order; ``row_means`` is (rows, layers),
-    NaN for a layer whose output has no leading batch dimension of ``rows``.
+    ``values`` holds, for ``L = len(sizes)`` layers: L2 norm and max abs of each
+    layer, then finite and non-zero counts of each, then each layer's sums per
+    leading index (``sizes[l] = (elements, leading dimension)``). Row means are
+    (rows, layers), NaN for a layer whose output has no leading batch dimension
+    of ``rows``.
     """
-    stats = np.full((len(pieces), len(STAT_NAMES)), np.nan)
-    row_means = np.full((rows, len(pieces)), np.nan)
-    for i, (values, numel, lead) in enumerate(pieces):
-        v = values.astype(np.float64)
-        n_finite, norm, nonzero, max_abs = v[:_HEAD]
-        row_sums = v[_HEAD:]
-        if numel == 0:
-            continue
-        if n_finite > 0:
-            mean = row_sums.sum() / n_finite
-            stats[i, 0] = mean
-            stats[i, 1] = np.sqrt(max(norm * norm / n_finite - mean * mean, 0.0))
-            stats[i, 4] = max_abs
-        stats[i, 2] = (numel - nonzero) / numel
-        stats[i, 3] = (numel - n_finite) / numel
-        if lead == rows and rows > 0:
-            row_means[:, i] = row_sums / (numel / rows)
-    return stats, row_means
+    layers = len(sizes)
+    values = values.astype(np.float64, copy=False)
+    numel = np.array([n for n, _ in sizes], dtype=np.float64)
+    sums = values[4 * layers :]
+    if all(lead == rows for _, lead in sizes):  # the usual case: one reshape
+        by_row = sums.reshape(layers, rows)
+        totals = by_row.sum(axis=1)
+        row_means = by_row.T / np.maximum(numel / max(rows, 1), 1.0)
+    else:
+        totals = np.empty(layers)
+        row_means = np.full((rows, layers), np.nan)
+        offset = 0
+        for i, (size, lead) in enumerate(sizes):
+            part = sums[offset : offset + lead]
+            totals[i] = part.sum()
+            if lead == rows and size:
+                row_means[:, i] = part / (size / rows)
+            offset += lead
+    reductions = np.column_stack(
+        [
+            values[: 2 * layers].reshape(layers, 2),
+            values[2 * layers : 4 * layers].reshape(layers, 2),
+            totals,
+        ]
+    )
+    return reductions, numel, row_means
+
+
+def statistics(reductions: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """Per-layer statistics (layers, 5) in STAT_NAMES order from device reductions.
+
+    ``reductions[l] = (L2 norm, max abs, finite count, non-zero count, sum)`` of
+    layer ``l``'s output with non-finite values zeroed; ``numel[l]`` its size.
+    Mean, std and max abs are NaN for a layer with no finite value.
+    """
+    norm, max_abs, finite, nonzero, total = (reductions[:, i].astype(np.float64) for i in range(5))
+    size = np.maximum(numel.astype(np.float64), 1.0)
+    count = np.maximum(finite, 1.0)
+    mean = total / count
+    std = np.sqrt(np.maximum(norm * norm / count - mean * mean, 0.0))
+    stats = np.column_stack([mean, std, (size - nonzero) / size, (size - finite) / size, max_abs])
+    stats[np.ix_(finite == 0, [0, 1, 4])] = np.nan
+    stats[numel == 0] = np.nan
+    return stats
+
+
+class _Batch:
+    """What the taps of one sampled batch leave behind (device tensors until ``_collect``)."""
+
+    __slots__ = ("counts", "norms", "row_sums", "rows", "sizes")
+
+    def __init__(self, layers: int, rows: int) -> None:
+        self.rows = rows
+        self.norms: list[Any] = [None] * (2 * layers)
+        self.counts: list[Any] = [None] * (2 * layers)
+        self.row_sums: list[Any] = [None] * layers
+        self.sizes: list[tuple[int, int]] = [(0, 0)] * layers
 
 
 class ActivationTaps:
@@ -281,26 +345,25 @@ class ActivationTaps:
     def _tap_function(self) -> Callable[[Any, int], None]:
         local = self._local
         torch = self._torch
+        norm = torch.linalg.vector_norm
         inf = float("inf")
 
         def sidecar_activation_tap(x: Any, index: int) -> None:
-            pieces = getattr(local, "pieces", None)
-            if pieces is None:
+            batch = getattr(local, "batch", None)
+            if batch is None:
                 return
             x = x.detach()
             if x.dtype != torch.float32 and x.dtype != torch.float64:
                 x = x.float()
             lead = x.shape[0] if x.dim() else 1
             clean = x.nan_to_num(0.0, 0.0, 0.0)
-            head = torch.stack(
-                [
-                    torch.isfinite(x).sum(dtype=x.dtype),
-                    torch.linalg.vector_norm(clean),
-                    torch.count_nonzero(x).to(x.dtype),
-                    torch.linalg.vector_norm(clean, ord=inf),
-                ]
-            )
-            pieces[index] = (torch.cat([head, clean.reshape(lead, -1).sum(1)]), x.numel(), lead)
+            pair = 2 * index
+            batch.norms[pair] = norm(clean)
+            batch.norms[pair + 1] = norm(clean, ord=inf)
+            batch.counts[pair] = torch.isfinite(x).sum()
+            batch.counts[pair + 1] = torch.count_nonzero(x)
+            batch.row_sums[index] = clean.reshape(lead, -1).sum(1)
+            batch.sizes[index] = (x.numel(), lead)
 
         return sidecar_activation_tap
 
@@ -310,34 +373,27 @@ class ActivationTaps:
         """Called before a batch runs, in its thread: True when ``run`` should summarise it."""
         if self._rng.random() >= self._config.sample_rate:
             return False
-        self._local.pieces = [None] * len(self.layers)
-        self._local.rows = rows
+        self._local.batch = _Batch(len(self.layers), rows)
         return True
 
     def run(self, module: Any, args: Sequence[Any]) -> Any:
         """Run a batch that ``begin`` sampled; then one device→host copy and a stats update."""
         try:
             result = module(*args)
-            pieces, rows = self._local.pieces, self._local.rows
+            batch = self._local.batch
         finally:
-            self._local.pieces = None
-        summary = self._collect(pieces, rows)
-        if summary is not None:
-            self.stats.update(*summary)
+            self._local.batch = None
+        values = self._collect(batch)
+        if values is not None:
+            self.stats.add(values, tuple(batch.sizes), batch.rows)
         return result
 
-    def _collect(self, pieces: list[Any], rows: int) -> tuple[np.ndarray, np.ndarray] | None:
-        if any(p is None for p in pieces):  # a layer that this input did not reach
+    def _collect(self, batch: _Batch) -> np.ndarray | None:
+        """Every layer's reductions in one host array: three kernels and one copy."""
+        if any(r is None for r in batch.row_sums):  # a layer this input did not reach
             return None
         torch = self._torch
-        flat = torch.cat([p[0].to(torch.float32) for p in pieces]).cpu().numpy()
-        split: list[tuple[np.ndarray, int, int]] = []
-        offset = 0
-        for values, numel, lead in pieces:
-            size = int(values.shape[0])
-            split.append((flat[offset : offset + size], numel, lead))
-            offset += size
-        return summarise(split, rows)
+        return torch.cat([torch.stack(batch.norms + batch.counts), *batch.row_sums]).cpu().numpy()
 
     # ---------------------------------------------------------------- reference
 
@@ -353,16 +409,15 @@ class ActivationTaps:
         with torch.inference_mode():
             for start in range(0, total, chunk):
                 args = [torch.from_numpy(a[start : start + chunk]).to(self._device) for a in arrays]
-                rows = int(args[0].shape[0])
-                self._local.pieces = [None] * len(self.layers)
+                batch = self._local.batch = _Batch(len(self.layers), int(args[0].shape[0]))
                 try:
                     self._module(*args)
-                    result = self._collect(self._local.pieces, rows)
                 finally:
-                    self._local.pieces = None
-                if result is None:
+                    self._local.batch = None
+                values = self._collect(batch)
+                if values is None:
                     raise ModelLoadError("a configured layer did not run on the reference data")
-                means.append(result[1])
+                means.append(decode(values, tuple(batch.sizes), batch.rows)[2])
         return np.concatenate(means) if means else np.empty((0, len(self.layers)))
 
     def detach(self) -> None:

@@ -14,7 +14,7 @@ import torch
 from sidecar.config import ActivationsConfig, ModelConfig, ThreadsConfig
 from sidecar.errors import ModelLoadError
 from sidecar.examples import MODEL_REPOSITORY
-from sidecar.insight.activations import STAT_NAMES, ActivationStats, summarise
+from sidecar.insight.activations import STAT_NAMES, ActivationStats, decode, statistics
 from sidecar.runtimes.torch import TorchRuntime
 
 EXPORT = MODEL_REPOSITORY / "digits_export" / "1" / "model.pt2"
@@ -188,25 +188,42 @@ def test_profile_gives_reference_layer_means(holdout: np.ndarray) -> None:
     asyncio.run(runtime.unload())
 
 
-def test_summarise_from_reductions() -> None:
-    # layer 0: 2 rows × 3 values [[1, 0, nan], [3, -4, 0]] → finite 5, sum 0, sumsq 26
-    values = np.array([5.0, np.sqrt(26.0), 4.0, 4.0, 1.0, -1.0])
-    stats, row_means = summarise([(values, 6, 2)], rows=2)
-    mean = 0.0
-    assert stats[0].tolist() == pytest.approx([mean, np.sqrt(26 / 5), 2 / 6, 1 / 6, 4.0])
-    assert row_means[:, 0].tolist() == pytest.approx([1 / 3, -1 / 3])
-    # an output without a leading batch dimension has no per-row means
-    _, no_rows = summarise([(np.array([1.0, 1.0, 1.0, 1.0, 1.0]), 1, 1)], rows=3)
-    assert np.isnan(no_rows).all()
+def test_decode_without_a_batch_dimension() -> None:
+    # layer 0 has rows; layer 1 is a scalar: its row means are NaN, its sums still count
+    values = np.array([1.0, 3.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 4.0, 6.0, 2.0])
+    reductions, numel, row_means = decode(values, ((4, 2), (1, 1)), rows=2)
+    assert numel.tolist() == [4, 1]
+    assert reductions[:, 4].tolist() == [10.0, 2.0]
+    assert row_means[:, 0].tolist() == [2.0, 3.0] and np.isnan(row_means[:, 1]).all()
+
+
+def test_statistics_from_reductions() -> None:
+    # layer 0: [[1, 0, nan], [3, -4, 0]] → L2 √26, max abs 4, 5 finite, 4 non-zero, sum 0
+    # layer 1: every value non-finite: no mean, std or max abs, but the ratios are known
+    # layer 2: an empty output
+    reductions = np.array(
+        [[np.sqrt(26.0), 4.0, 5.0, 4.0, 0.0], [0.0, 0.0, 0.0, 4.0, 0.0], [0.0] * 5]
+    )
+    stats = statistics(reductions, np.array([6, 4, 0]))
+    assert stats[0].tolist() == pytest.approx([0.0, np.sqrt(26 / 5), 2 / 6, 1 / 6, 4.0])
+    assert np.isnan(stats[1, [0, 1, 4]]).all()
+    assert stats[1, 2:4].tolist() == [0.0, 1.0]
+    assert np.isnan(stats[2]).all()
 
 
 def test_window_keeps_the_most_recent_rows_in_order() -> None:
     stats = ActivationStats(("a",), window=5)
-    head = np.zeros((1, len(STAT_NAMES)))
-    stats.update(head, np.arange(3.0)[:, None])
-    stats.update(head, np.arange(3.0, 7.0)[:, None])
+
+    def batch(row_sums: np.ndarray) -> None:  # one layer, one value per row
+        values = np.concatenate([np.ones(4), row_sums])
+        stats.add(values, ((len(row_sums), len(row_sums)),), len(row_sums))
+
+    batch(np.arange(3.0))
+    batch(np.arange(3.0, 7.0))
     assert stats.window()[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]
-    stats.update(head, np.arange(7.0, 20.0)[:, None])
+    batch(np.arange(7.0, 9.0))
+    for value in range(9, 20):  # more batches than the window queues between reads
+        batch(np.array([float(value)]))
     assert stats.window()[:, 0].tolist() == [15.0, 16.0, 17.0, 18.0, 19.0]
     assert stats.snapshot().rows == 20
 
