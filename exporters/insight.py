@@ -13,6 +13,10 @@ a custom collector from the sources the server registers (anything with a
 request path never touches a gauge. Histograms that take one value per row
 (anomaly score, shadow difference) take a whole numpy array per call.
 
+Every family is exposed only once it has a series: a server whose models use
+no insight feature exports none of them (docs/metrics.md lists them as
+conditional).
+
 This package never imports ``sidecar``.
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -119,15 +123,12 @@ class _ArrayHistogramChild:
 class ArrayHistogram:
     """A histogram family whose label sets may each have their own buckets."""
 
-    def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
-    ) -> None:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], _ArrayHistogramChild] = {}
         self._lock = threading.Lock()
-        registry.register(self)
 
     def labels(self, *values: str, buckets: Sequence[float]) -> _ArrayHistogramChild:
         """The child for ``values``, created with ``buckets`` the first time."""
@@ -160,13 +161,36 @@ class ArrayHistogram:
         yield family
 
 
+class _Collector(Protocol):
+    def describe(self) -> Iterable[Metric]: ...
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _WithSeries:
+    """Registers a group of families; a scrape shows only those that have a series."""
+
+    def __init__(self, members: Sequence[_Collector]) -> None:
+        self._members = tuple(members)
+
+    def describe(self) -> list[Metric]:
+        """Every member's families (the registry checks names against them)."""
+        return [family for member in self._members for family in member.describe()]
+
+    def collect(self) -> Iterator[Metric]:
+        """The members' families that have at least one sample."""
+        for member in self._members:
+            for family in member.collect():
+                if family.samples:
+                    yield family
+
+
 class _ActivationCollector:
     """Reads registered activation sources at scrape time."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self) -> None:
         self._sources: dict[tuple[str, str], ActivationSource] = {}
         self._lock = threading.Lock()
-        registry.register(self)
 
     def add(self, model: str, version: str, source: ActivationSource) -> None:
         with self._lock:
@@ -243,64 +267,78 @@ class InsightMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._activations = _ActivationCollector(registry)
+        self._activations = _ActivationCollector()
         self.anomaly_score = ArrayHistogram(
             f"{PREFIX}anomaly_score",
             "per-row anomaly score: Mahalanobis distance from the reference divided by its "
             "threshold (above 1 is anomalous)",
             _MODEL,
-            registry,
         )
         self.anomaly_rows = Counter(
             f"{PREFIX}anomaly_scored_rows",
             "request rows given an anomaly score",
             _MODEL,
-            registry=registry,
+            registry=None,
         )
         self.anomalous_rows = Counter(
             f"{PREFIX}anomalous_rows",
             "request rows whose anomaly score exceeded the threshold",
             _MODEL,
-            registry=registry,
+            registry=None,
         )
         self.anomaly_threshold = Gauge(
             f"{PREFIX}anomaly_threshold",
             "Mahalanobis distance at the configured reference quantile (score 1)",
             _MODEL,
-            registry=registry,
+            registry=None,
         )
         shadow = (*_MODEL, "shadow_version")
         self.shadow_requests = Counter(
             f"{PREFIX}shadow_requests",
             "sampled requests for the shadow version by outcome (compared, dropped: queue "
-            "full, failed: the shadow raised)",
+            "full, failed: the shadow raised or did not load)",
             (*shadow, "outcome"),
-            registry=registry,
+            registry=None,
         )
         self.shadow_rows = Counter(
             f"{PREFIX}shadow_compared_rows",
             "rows answered by both the primary and the shadow version",
             shadow,
-            registry=registry,
+            registry=None,
         )
         self.shadow_agreements = Counter(
             f"{PREFIX}shadow_agreements",
             "compared rows where primary and shadow predict the same class (classifiers)",
             shadow,
-            registry=registry,
+            registry=None,
         )
         self.shadow_difference = ArrayHistogram(
             f"{PREFIX}shadow_output_difference",
             "per compared row, the largest |primary - shadow| over the compared output",
             shadow,
-            registry,
         )
         self.shadow_duration = Histogram(
             f"{PREFIX}shadow_duration_seconds",
             "time the shadow version took to run one sampled request",
             shadow,
             buckets=SHADOW_LATENCY_BUCKETS,
-            registry=registry,
+            registry=None,
+        )
+        registry.register(
+            _WithSeries(
+                [
+                    self._activations,
+                    self.anomaly_score,
+                    self.anomaly_rows,
+                    self.anomalous_rows,
+                    self.anomaly_threshold,
+                    self.shadow_requests,
+                    self.shadow_rows,
+                    self.shadow_agreements,
+                    self.shadow_difference,
+                    self.shadow_duration,
+                ]
+            )
         )
 
     # ------------------------------------------------------------ activations

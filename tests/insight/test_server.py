@@ -15,13 +15,18 @@ import yaml
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from exporters.gpu import GpuCollector
 from exporters.insight import InsightMetrics
+from sidecar.app import AppParts
 from sidecar.config import ShadowConfig
 from sidecar.examples import MODEL_REPOSITORY
 from sidecar.insight.convert import quantize
 from sidecar.insight.hub import Insight
 from sidecar.insight.shadow import ShadowPrediction, ShadowRunner
+from sidecar.metrics_listener import ServerMetrics
 from sidecar.runtimes.fakes import SumRuntime
+from tests.exporters.scrape import scrape
+from tests.exporters.test_docs import compare, documented
 from tests.helpers import ServerThread, running_server, server_config
 
 Stub = service_pb2_grpc.GRPCInferenceServiceStub
@@ -115,15 +120,20 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(repo: Path) -> Iterator[tuple[ServerThread, Insight, CollectorRegistry, Recorder]]:
-    from sidecar.app import AppParts
+def metrics(repo: Path) -> ServerMetrics:
+    config = server_config(repo)
+    return ServerMetrics(config.metrics, gpu=GpuCollector(None, lambda: None))
 
-    registry = CollectorRegistry()
+
+@pytest.fixture(scope="module")
+def served(
+    repo: Path, metrics: ServerMetrics
+) -> Iterator[tuple[ServerThread, Insight, CollectorRegistry, Recorder]]:
     recorder = Recorder()
     config = server_config(repo, startup={"strict_readiness": False})
-    insight = Insight(config, registry, shadow_listeners=[recorder])
-    with running_server(config, AppParts(insight=insight)) as thread:
-        yield thread, insight, registry, recorder
+    insight = Insight(config, metrics.registry, shadow_listeners=[recorder])
+    with running_server(config, AppParts(metrics=metrics, insight=insight)) as thread:
+        yield thread, insight, metrics.registry, recorder
 
 
 @pytest.fixture
@@ -330,3 +340,35 @@ def test_full_shadow_queue_drops_and_counts() -> None:
 
     dropped, compared, exact = asyncio.run(scenario())
     assert (dropped, compared, exact) == (3, 2, 6)
+
+
+def test_docs_list_exactly_the_insight_families(
+    served: tuple[ServerThread, Insight, CollectorRegistry, Recorder],
+    metrics: ServerMetrics,
+    stub: Stub,
+    holdout: np.ndarray,
+) -> None:
+    for model in ("digits", "digits_export"):  # every family has a series
+        stub.ModelInfer(_request(model, holdout[:2]), timeout=30)
+    _join_shadow(served[0], served[1], "digits")
+    rows = [r for r in documented() if r.section.startswith("Model insight")]
+    assert len(rows) == 15
+    ours = {r.family for r in rows}
+    prefixes = ("sidecar_layer_activation_", "sidecar_anomal", "sidecar_shadow_")
+    families = {
+        name: family
+        for name, family in scrape(metrics.http.port).families.items()
+        if name in ours or name.startswith(prefixes)
+    }
+    problems = compare(rows, families, "/metrics of a server with insight configured")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_insight_families_without_insight_config() -> None:
+    registry = CollectorRegistry()
+    insight_metrics = InsightMetrics(registry)
+    assert not [f.name for f in registry.collect() if f.name.startswith("sidecar_")]
+    insight_metrics.anomaly("m", "1", 3.0, (0.5, 1.0, 2.0))
+    names = {f.name for f in registry.collect()}
+    assert {"sidecar_anomaly_score", "sidecar_anomaly_threshold"} <= names
+    assert not any(n.startswith("sidecar_shadow") for n in names)
