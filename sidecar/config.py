@@ -414,12 +414,9 @@ class ActivationsConfig(_Section):
     max_layers: int = Field(
         32, ge=1, le=256, description="most layers the patterns may match (bounds metric series)"
     )
-    reference: Path | None = Field(
-        None,
-        description="model inputs (.npy, relative to the model directory) whose layer means "
-        "are the drift reference",
+    window: int = Field(
+        500, ge=10, description="most recent sampled rows whose per-row layer means are kept"
     )
-    window: int = Field(500, ge=10, description="sampled rows of layer means per drift window")
 
 
 class AnomalyConfig(_Section):
