@@ -96,6 +96,7 @@ class Insight(BaseListener):
         self._anomaly: dict[ServedModel, _Anomaly] = {}
         self._shadows: dict[ServedModel, ShadowRunner] = {}
         self._watched: set[ServedModel] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
         self._started = False
 
     # ------------------------------------------------------------ ModelHook
@@ -107,8 +108,16 @@ class Insight(BaseListener):
             self._prepare_activations(model)
         if insight.anomaly is not None:
             await self._prepare_anomaly(model, insight.anomaly)
-        if insight.shadow is not None and model.version != str(insight.shadow.version):
-            await self._prepare_shadow(model)
+        if insight.shadow is not None:
+            if model.version != str(insight.shadow.version):
+                await self._prepare_shadow(model)
+            else:
+                log.warning(
+                    "model %s version %s is its own insight.shadow.version: not shadowed (pin "
+                    "the primary with versions: [...] to keep the shadow from serving)",
+                    model.name,
+                    model.version,
+                )
 
     def _prepare_activations(self, model: ServedModel) -> None:
         taps = getattr(model.runtime, "activations", None)
@@ -284,7 +293,13 @@ class Insight(BaseListener):
             runner.offer(record.request_id, record.inputs, record.outputs)
 
     def on_model_unloaded(self, model: ServedModel) -> None:
-        """Forget the version's series; its shadow stops with the service."""
+        """Forget the version's series and stop its shadow."""
+        runner = self._shadows.pop(model, None)
+        if runner is not None:
+            task = asyncio.get_running_loop().create_task(runner.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+            self.metrics.forget_shadow(model.name, model.version, runner.shadow_version)
         if model in self._watched:
             self._watched.discard(model)
             self.metrics.forget_activations(model.name, model.version)
@@ -315,3 +330,5 @@ class Insight(BaseListener):
         for model, runner in shadows.items():
             await runner.stop()
             self.metrics.forget_shadow(model.name, model.version, runner.shadow_version)
+        if self._stopping:
+            await asyncio.gather(*self._stopping)

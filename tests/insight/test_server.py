@@ -372,3 +372,17 @@ def test_no_insight_families_without_insight_config() -> None:
     names = {f.name for f in registry.collect()}
     assert {"sidecar_anomaly_score", "sidecar_anomaly_threshold"} <= names
     assert not any(n.startswith("sidecar_shadow") for n in names)
+
+
+def test_validate_reports_insight_problems_and_stops_shadows(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sidecar.cli import main
+
+    assert main(["validate", str(repo)]) == 1
+    out = capsys.readouterr().out
+    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, out
+    assert "onnx_activations v1" in failed[0]
+    assert "insight.activations needs a torch.export model" in failed[0]
+    assert "ok     digits v1" in out and "ok     digits_export v1" in out
