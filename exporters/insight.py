@@ -17,7 +17,8 @@ Every family is exposed only once it has a series: a server whose models use
 no insight feature exports none of them (docs/metrics.md lists them as
 conditional).
 
-This package never imports ``sidecar``.
+Layer-mean drift verdicts come from ``detectors`` (tested lazily by the
+source at scrape time). This package never imports ``sidecar``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
+
+from detectors.drift import DriftResult
 
 PREFIX = "sidecar_"
 
@@ -185,51 +188,97 @@ class _WithSeries:
                     yield family
 
 
+class DriftSource(Protocol):
+    """Something that tests recent layer means for drift when asked (at scrape time)."""
+
+    def result(self) -> DriftResult | None:
+        """The verdict on the current window, or None before any sampled row."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _ActivationFamilies:
+    stats: list[GaugeMetricFamily]
+    batches: CounterMetricFamily
+    p_values: GaugeMetricFamily
+    detected: GaugeMetricFamily
+    window: GaugeMetricFamily
+
+    def all(self) -> list[Metric]:
+        return [*self.stats, self.batches, self.p_values, self.detected, self.window]
+
+
 class _ActivationCollector:
-    """Reads registered activation sources at scrape time."""
+    """Reads registered activation (and layer-drift) sources at scrape time."""
 
     def __init__(self) -> None:
-        self._sources: dict[tuple[str, str], ActivationSource] = {}
+        self._sources: dict[tuple[str, str], tuple[ActivationSource, DriftSource | None]] = {}
         self._lock = threading.Lock()
 
-    def add(self, model: str, version: str, source: ActivationSource) -> None:
+    def add(
+        self, model: str, version: str, source: ActivationSource, drift: DriftSource | None
+    ) -> None:
         with self._lock:
-            self._sources[(model, version)] = source
+            self._sources[(model, version)] = (source, drift)
 
     def remove(self, model: str, version: str) -> None:
         with self._lock:
             self._sources.pop((model, version), None)
 
-    def _families(self) -> tuple[list[GaugeMetricFamily], CounterMetricFamily]:
-        gauges = [
-            GaugeMetricFamily(f"{PREFIX}layer_activation_{suffix}", doc, labels=[*_MODEL, "layer"])
-            for suffix, doc in ACTIVATION_STATS
-        ]
-        batches = CounterMetricFamily(
-            f"{PREFIX}layer_activation_sampled_batches",
-            "batches whose layer activations were summarised",
-            labels=list(_MODEL),
+    @staticmethod
+    def _families() -> _ActivationFamilies:
+        layer = [*_MODEL, "layer"]
+        return _ActivationFamilies(
+            stats=[
+                GaugeMetricFamily(f"{PREFIX}layer_activation_{suffix}", doc, labels=layer)
+                for suffix, doc in ACTIVATION_STATS
+            ],
+            batches=CounterMetricFamily(
+                f"{PREFIX}layer_activation_sampled_batches",
+                "batches whose layer activations were summarised",
+                labels=list(_MODEL),
+            ),
+            p_values=GaugeMetricFamily(
+                f"{PREFIX}layer_mean_drift_p_value",
+                "p-value (Benjamini-Hochberg adjusted) of the layer's per-row means in the "
+                "recent sampled rows against the reference inputs' means",
+                labels=layer,
+            ),
+            detected=GaugeMetricFamily(
+                f"{PREFIX}layer_mean_drift_detected",
+                "1 when any layer's means drifted in the last test of the recent sampled rows",
+                labels=list(_MODEL),
+            ),
+            window=GaugeMetricFamily(
+                f"{PREFIX}layer_mean_drift_window_rows",
+                "sampled rows in the last layer-mean drift test",
+                labels=list(_MODEL),
+            ),
         )
-        return gauges, batches
 
     def describe(self) -> list[Metric]:
-        gauges, batches = self._families()
-        return [*gauges, batches]
+        return self._families().all()
 
     def collect(self) -> Iterator[Metric]:
-        gauges, batches = self._families()
+        out = self._families()
         with self._lock:
             sources = list(self._sources.items())
-        for (model, version), source in sources:
+        for (model, version), (source, drift) in sources:
             snap = source.snapshot()
-            batches.add_metric([model, version], float(snap.batches))
-            if snap.batches == 0:
+            out.batches.add_metric([model, version], float(snap.batches))
+            if snap.batches:
+                for column, family in enumerate(out.stats):
+                    for row, layer in enumerate(snap.layers):
+                        family.add_metric([model, version, layer], float(snap.stats[row, column]))
+            result = drift.result() if drift is not None else None
+            if result is None or not result.evaluated:
                 continue
-            for column, family in enumerate(gauges):
-                for row, layer in enumerate(snap.layers):
-                    family.add_metric([model, version, layer], float(snap.stats[row, column]))
-        yield from gauges
-        yield batches
+            out.detected.add_metric([model, version], 1.0 if result.drifted else 0.0)
+            out.window.add_metric([model, version], float(result.n_window))
+            for feature in result.features:
+                if feature.adjusted_p is not None:
+                    out.p_values.add_metric([model, version, feature.name], feature.adjusted_p)
+        yield from out.all()
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,9 +392,18 @@ class InsightMetrics:
 
     # ------------------------------------------------------------ activations
 
-    def watch_activations(self, model: str, version: str, source: ActivationSource) -> None:
-        """Export ``source``'s statistics under (model, version), read at scrape time."""
-        self._activations.add(model, version, source)
+    def watch_activations(
+        self,
+        model: str,
+        version: str,
+        source: ActivationSource,
+        drift: DriftSource | None = None,
+    ) -> None:
+        """Export ``source``'s statistics (and ``drift``'s verdict) under (model, version).
+
+        Both are read at scrape time, on the scraping thread.
+        """
+        self._activations.add(model, version, source, drift)
 
     def forget_activations(self, model: str, version: str) -> None:
         """Stop exporting a model version's activations (it was unloaded)."""

@@ -417,6 +417,14 @@ class ActivationsConfig(_Section):
     window: int = Field(
         500, ge=10, description="most recent sampled rows whose per-row layer means are kept"
     )
+    reference: Path | None = Field(
+        None,
+        description="input rows (.npy/.npz/.csv, relative to the model directory) whose layer "
+        "means are the drift reference; None: no drift test",
+    )
+    drift_alpha: float = Field(
+        0.05, gt=0, lt=1, description="significance of the layer-mean drift test (BH-corrected)"
+    )
 
 
 class AnomalyConfig(_Section):

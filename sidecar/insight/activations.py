@@ -182,6 +182,12 @@ class ActivationStats:
         self._next = end % size
         self._filled = min(size, self._filled + tail.shape[0])
 
+    @property
+    def batches(self) -> int:
+        """Sampled batches so far (cheap: decodes nothing)."""
+        with self._lock:
+            return self._batches
+
     def snapshot(self) -> ActivationSnapshot:
         """The statistics of the last sampled batch, and how many were summarised."""
         with self._lock:

@@ -38,16 +38,17 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from exporters.insight import AnomalyMetrics, InsightMetrics
-from sidecar.config import AnomalyConfig, InsightConfig, ServerConfig
+from sidecar.config import ActivationsConfig, AnomalyConfig, InsightConfig, ServerConfig
 from sidecar.errors import ModelLoadError, SidecarError
 from sidecar.events import BaseListener, RequestRecord
 from sidecar.insight.anomaly import AnomalyFitError, MahalanobisScorer
 from sidecar.insight.data import load_array
+from sidecar.insight.layer_drift import LayerDriftError, LayerMeanDrift
 from sidecar.insight.shadow import ShadowListener, ShadowRunner
 from sidecar.models import ServedModel, model_versions
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.runtimes import create_runtime
-from sidecar.types import Tensors
+from sidecar.types import Tensors, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Insight(BaseListener):
         """Set up the model's ``insight:`` section; ModelLoadError fails its load."""
         insight = model.config.insight
         if insight.activations is not None:
-            self._prepare_activations(model)
+            await self._prepare_activations(model, insight.activations)
         if insight.anomaly is not None:
             await self._prepare_anomaly(model, insight.anomaly)
         if insight.shadow is not None:
@@ -119,15 +120,52 @@ class Insight(BaseListener):
                     model.version,
                 )
 
-    def _prepare_activations(self, model: ServedModel) -> None:
+    async def _prepare_activations(self, model: ServedModel, config: ActivationsConfig) -> None:
         taps = getattr(model.runtime, "activations", None)
         if taps is None:
             raise ModelLoadError(
                 f"model {model.name!r} version {model.version}: insight.activations needs a "
                 f"torch.export model (model.pt2); this one runs on {model.runtime.info.runtime}"
             )
-        self.metrics.watch_activations(model.name, model.version, taps.stats)
+        drift = None
+        if config.reference is not None:
+            where = f"model {model.name!r} version {model.version}: insight.activations.reference"
+            inputs = model.signature.inputs
+            if len(inputs) != 1:
+                raise ModelLoadError(f"{where}: layer-mean drift needs a single-input model")
+            reference = await self._reference(model, config.reference, inputs[0], where)
+            try:
+                means = await asyncio.to_thread(taps.profile, {inputs[0].name: reference})
+                drift = LayerMeanDrift(taps.stats, means, config.drift_alpha)
+            except LayerDriftError as exc:
+                raise ModelLoadError(f"{where}: layer means of the reference: {exc}") from exc
+            log.info(
+                "model %s version %s: layer-mean drift reference from %d rows",
+                model.name,
+                model.version,
+                drift.reference_rows,
+            )
+        self.metrics.watch_activations(model.name, model.version, taps.stats, drift)
         self._watched.add(model)
+
+    async def _reference(
+        self, model: ServedModel, path: Path, spec: TensorSpec, where: str
+    ) -> np.ndarray:
+        """Load reference rows for input ``spec``; ModelLoadError when they do not fit."""
+        full = _resolve(model, path, where.rsplit(": ", 1)[-1])
+        try:
+            reference = await asyncio.to_thread(load_array, full)
+        except SidecarError as exc:
+            raise ModelLoadError(f"{where}: {exc.message}") from exc
+        want = spec.shape[1:] if spec.batched else spec.shape
+        if reference.ndim != len(want) + 1 or any(
+            w != -1 and w != g for w, g in zip(want, reference.shape[1:], strict=True)
+        ):
+            raise ModelLoadError(
+                f"{where}: reference {full} has shape {list(reference.shape)}, but input "
+                f"{spec.name!r} is {spec.describe()}: expected rows of {list(want)}"
+            )
+        return np.ascontiguousarray(reference, dtype=spec.dtype)
 
     async def _prepare_anomaly(self, model: ServedModel, config: AnomalyConfig) -> None:
         where = f"model {model.name!r} version {model.version}: insight.anomaly"
@@ -143,19 +181,8 @@ class Insight(BaseListener):
                 f"{where}: input {config.input!r} is not an input; inputs are: "
                 f"{', '.join(s.name for s in inputs)}"
             )
-        path = _resolve(model, config.reference, "insight.anomaly.reference")
-        try:
-            reference = await asyncio.to_thread(load_array, path)
-        except SidecarError as exc:
-            raise ModelLoadError(f"{where}: {exc.message}") from exc
-        want = spec.shape[1:] if spec.batched else spec.shape
-        if reference.ndim != len(want) + 1 or any(
-            w != -1 and w != g for w, g in zip(want, reference.shape[1:], strict=True)
-        ):
-            raise ModelLoadError(
-                f"{where}: reference {path} has shape {list(reference.shape)}, but input "
-                f"{spec.name!r} is {spec.describe()}: expected rows of {list(want)}"
-            )
+        path = config.reference
+        reference = await self._reference(model, path, spec, f"{where}.reference")
         try:
             scorer = await asyncio.to_thread(MahalanobisScorer.fit, reference, config)
         except AnomalyFitError as exc:

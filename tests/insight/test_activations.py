@@ -15,6 +15,7 @@ from sidecar.config import ActivationsConfig, ModelConfig, ThreadsConfig
 from sidecar.errors import ModelLoadError
 from sidecar.examples import MODEL_REPOSITORY
 from sidecar.insight.activations import STAT_NAMES, ActivationStats, decode, statistics
+from sidecar.insight.layer_drift import LayerDriftError, LayerMeanDrift
 from sidecar.runtimes.torch import TorchRuntime
 
 EXPORT = MODEL_REPOSITORY / "digits_export" / "1" / "model.pt2"
@@ -231,3 +232,31 @@ def test_window_keeps_the_most_recent_rows_in_order() -> None:
 def test_config_needs_at_least_one_layer() -> None:
     with pytest.raises(ValueError, match="layers"):
         ActivationsConfig.model_validate({"layers": []})
+
+
+@pytest.mark.parametrize(("shift", "drifted"), [(0.0, False), (2.0, True)])
+def test_layer_means_drift_against_the_reference(
+    holdout: np.ndarray, shift: float, drifted: bool
+) -> None:
+    runtime = _loaded({"layers": ["body.0", "body.1", "body.2"], "sample_rate": 1.0, "window": 300})
+    taps = runtime.activations
+    assert taps is not None
+    reference = np.load(MODEL_REPOSITORY / "digits" / "reference.npy")
+    drift = LayerMeanDrift(taps.stats, taps.profile({"input": reference}), alpha=0.05)
+    assert drift.reference_rows == len(reference)
+    assert drift.result() is None  # nothing sampled yet
+    live = np.clip(holdout + shift, 0, 16).astype(np.float32)
+    for start in range(0, 300, 10):
+        asyncio.run(runtime.predict({"input": live[start : start + 10]}))
+    result = drift.result()
+    assert result is not None and result.evaluated and result.n_window == 300
+    assert result.drifted is drifted
+    assert {f.name for f in result.features} == {"body.0", "body.1", "body.2"}
+    assert drift.result() is result  # no new batch: not tested again
+    asyncio.run(runtime.unload())
+
+
+def test_reference_means_must_match_the_layers() -> None:
+    stats = ActivationStats(("a",), window=10)
+    with pytest.raises(LayerDriftError):
+        LayerMeanDrift(stats, np.ones((5, 2)), alpha=0.05)  # 2 columns for 1 layer

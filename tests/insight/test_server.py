@@ -113,7 +113,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root,
         "digits_export",
         MODEL_REPOSITORY / "digits_export",
-        {"activations": {"layers": ["body.0", "body.1"], "sample_rate": 1.0}},
+        {
+            "activations": {
+                "layers": ["body.0", "body.1"],
+                "sample_rate": 1.0,
+                "reference": "../digits/reference.npy",
+            }
+        },
     )
     _model(root, "onnx_activations", DIGITS, {"activations": {"layers": ["relu0"]}})
     return root
@@ -348,13 +354,13 @@ def test_docs_list_exactly_the_insight_families(
     stub: Stub,
     holdout: np.ndarray,
 ) -> None:
-    for model in ("digits", "digits_export"):  # every family has a series
-        stub.ModelInfer(_request(model, holdout[:2]), timeout=30)
+    stub.ModelInfer(_request("digits", holdout[:2]), timeout=30)  # every family has a series
+    stub.ModelInfer(_request("digits_export", holdout[:60]), timeout=30)  # a drift window
     _join_shadow(served[0], served[1], "digits")
     rows = [r for r in documented() if r.section.startswith("Model insight")]
-    assert len(rows) == 15
+    assert len(rows) == 18
     ours = {r.family for r in rows}
-    prefixes = ("sidecar_layer_activation_", "sidecar_anomal", "sidecar_shadow_")
+    prefixes = ("sidecar_layer_", "sidecar_anomal", "sidecar_shadow_")
     families = {
         name: family
         for name, family in scrape(metrics.http.port).families.items()
