@@ -28,7 +28,7 @@ import itertools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -40,7 +40,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from detectors.drift import DriftResult
+if TYPE_CHECKING:
+    from detectors.drift import DriftResult
 
 PREFIX = "sidecar_"
 

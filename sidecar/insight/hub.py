@@ -43,7 +43,6 @@ from sidecar.errors import ModelLoadError, SidecarError
 from sidecar.events import BaseListener, RequestRecord
 from sidecar.insight.anomaly import AnomalyFitError, MahalanobisScorer
 from sidecar.insight.data import load_array
-from sidecar.insight.layer_drift import LayerDriftError, LayerMeanDrift
 from sidecar.insight.shadow import ShadowListener, ShadowRunner
 from sidecar.models import ServedModel, model_versions
 from sidecar.proto import grpc_service_pb2 as pb
@@ -129,6 +128,9 @@ class Insight(BaseListener):
             )
         drift = None
         if config.reference is not None:
+            # scipy (through detectors) loads only for models that test layer drift
+            from sidecar.insight.layer_drift import LayerDriftError, LayerMeanDrift
+
             where = f"model {model.name!r} version {model.version}: insight.activations.reference"
             inputs = model.signature.inputs
             if len(inputs) != 1:
