@@ -415,7 +415,7 @@ class ActivationsConfig(_Section):
         32, ge=1, le=256, description="most layers the patterns may match (bounds metric series)"
     )
     window: int = Field(
-        500, ge=10, description="most recent sampled rows whose per-row layer means are kept"
+        500, ge=50, description="most recent sampled rows whose layer means are drift-tested"
     )
     reference: Path | None = Field(
         None,

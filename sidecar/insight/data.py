@@ -11,13 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sidecar.errors import SidecarError
+from sidecar.insight.errors import DataFileError
 
 FORMATS = (".npy", ".npz", ".csv")
-
-
-class DataFileError(SidecarError):
-    """A data file that cannot be read as an array; names the file and why."""
 
 
 def load_array(path: Path) -> np.ndarray:

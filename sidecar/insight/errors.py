@@ -3,11 +3,13 @@
     SidecarError (sidecar.errors)
     └── InsightError              a convert / compare run that cannot proceed
         ├── ConversionError       the exporter or quantiser failed
+        ├── DataFileError         a data file that cannot be read as an array
         └── DataMismatchError     a data file does not fit a model's inputs
 
 Problems found while a model loads (unknown layer names, a bad reference file)
-are ``sidecar.errors.ModelLoadError``: they fail that model's load like any
-other configuration problem.
+are ``sidecar.errors.ModelLoadError``, with the ``InsightError`` message inside
+where there was one: they fail that model's load like any other configuration
+problem.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ class InsightError(SidecarError):
 
 class ConversionError(InsightError):
     """Exporting to ONNX or quantising failed; names the model and the step."""
+
+
+class DataFileError(InsightError):
+    """A data file that cannot be read as an array; names the file and why."""
 
 
 class DataMismatchError(InsightError):
