@@ -122,6 +122,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
     )
     _model(root, "onnx_activations", DIGITS, {"activations": {"layers": ["relu0"]}})
+    wrong = {"anomaly": {"reference": "../diabetes/reference.npy"}}
+    _model(root, "wrong_reference", DIGITS, wrong)
     return root
 
 
@@ -320,6 +322,9 @@ def test_activations_on_an_onnx_model_fail_that_model(
     error = models.failures[("onnx_activations", "1")]
     assert "insight.activations needs a torch.export model" in error
     assert not models.is_ready("onnx_activations")
+    error = models.failures[("wrong_reference", "1")]
+    assert "insight.anomaly.reference" in error
+    assert "has shape [442, 10], but input 'input' is FP32[-1, 64]" in error
 
 
 def test_full_shadow_queue_drops_and_counts() -> None:
@@ -387,8 +392,9 @@ def test_validate_reports_insight_problems_and_stops_shadows(
 
     assert main(["validate", str(repo)]) == 1
     out = capsys.readouterr().out
-    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
-    assert len(failed) == 1, out
+    failed = sorted(line for line in out.splitlines() if line.startswith("FAILED"))
+    assert len(failed) == 2, out
     assert "onnx_activations v1" in failed[0]
     assert "insight.activations needs a torch.export model" in failed[0]
+    assert "wrong_reference v1" in failed[1]
     assert "ok     digits v1" in out and "ok     digits_export v1" in out
