@@ -54,6 +54,29 @@ def _check_device(value: str | None) -> str | None:
 # --------------------------------------------------------------------------- server
 
 
+class TlsConfig(_Section):
+    """TLS on the gRPC port (mutual TLS with ``client_ca_file``); files re-read on change."""
+
+    cert_file: Path | None = Field(None, description="PEM certificate chain; set with key_file")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; every client must present a certificate it signed"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when the port serves TLS."""
+        return self.cert_file is not None
+
+
 class GrpcConfig(_Section):
     """The gRPC listener (KServe v2 inference, feedback, health, reflection)."""
 
@@ -62,7 +85,10 @@ class GrpcConfig(_Section):
         description="address to bind; :: for IPv6, 127.0.0.1 for same-pod callers only",
     )
     port: int = Field(8001, ge=0, le=65535, description="0 picks a free port")
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger messages fail")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="larger messages fail with RESOURCE_EXHAUSTED"
+    )
+    tls: TlsConfig = TlsConfig()
 
 
 class MetricsConfig(_Section):
@@ -92,6 +118,23 @@ class LimitsConfig(_Section):
     max_batch_rows: int = Field(65536, ge=1, description="rows (first dimension) per request")
     max_tensor_elements: int = Field(64 * 1024 * 1024, ge=1, description="elements per tensor")
     max_inputs: int = Field(64, ge=1, description="input tensors per request")
+    max_request_id_length: int = Field(
+        256, ge=1, description="characters in a client-sent request id (a label-store key)"
+    )
+    max_concurrent_requests: int = Field(
+        256, ge=0, description="requests inside one model at once (0 = no limit)"
+    )
+    max_stream_inflight: int = Field(
+        64,
+        ge=1,
+        description="messages of one ModelStreamInfer call not yet answered; "
+        "beyond it the server stops reading the stream (flow control)",
+    )
+    model_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="a model call running longer fails with DEADLINE_EXCEEDED (0 = none)",
+    )
 
 
 class ShutdownConfig(_Section):
@@ -213,6 +256,34 @@ class LabelStoreConfig(_Section):
         return self
 
 
+class AuthPolicy(_Section):
+    """Who may call a group of services: a bearer token or an mTLS client identity (either)."""
+
+    token_file: Path | None = Field(
+        None, description="accepted bearer tokens, one per line; re-read when the file changes"
+    )
+    allowed_identities: tuple[str, ...] = Field(
+        (), description="client certificate subject CN or SAN values accepted (needs mutual TLS)"
+    )
+
+    @property
+    def required(self) -> bool:
+        """True when calls must authenticate."""
+        return self.token_file is not None or bool(self.allowed_identities)
+
+
+class AuthConfig(_Section):
+    """Authorisation of calls; health and reflection are always open (probes)."""
+
+    write_services: tuple[str, ...] = Field(
+        ("sidecar.v1.FeedbackService",), description="full service names the writes policy guards"
+    )
+    writes: AuthPolicy = Field(AuthPolicy(), description="label writes and admin calls")
+    inference: AuthPolicy = Field(
+        AuthPolicy(), description="inference.GRPCInferenceService (open by default)"
+    )
+
+
 class ServerConfig(_Section):
     """Root of ``sidecar.yaml``."""
 
@@ -226,8 +297,19 @@ class ServerConfig(_Section):
     threads: ThreadsConfig = ThreadsConfig()
     startup: StartupConfig = StartupConfig()
     labels: LabelStoreConfig = LabelStoreConfig()
+    auth: AuthConfig = AuthConfig()
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
+
+    @model_validator(mode="after")
+    def _identities_need_mtls(self) -> ServerConfig:
+        for name in ("writes", "inference"):
+            policy: AuthPolicy = getattr(self.auth, name)
+            if policy.allowed_identities and self.grpc.tls.client_ca_file is None:
+                raise ValueError(
+                    f"auth.{name}.allowed_identities needs mutual TLS (grpc.tls.client_ca_file)"
+                )
+        return self
 
 
 # --------------------------------------------------------------------------- model
@@ -486,6 +568,17 @@ class InsightConfig(_Section):
     shadow: ShadowConfig | None = Field(None, description="None: no shadow version")
 
 
+class ModelLimitsConfig(_Section):
+    """Per-model overrides of the server's limits (None inherits ``limits``)."""
+
+    max_concurrent_requests: int | None = Field(
+        None, ge=0, description="None: limits.max_concurrent_requests (0 = no limit)"
+    )
+    timeout_seconds: float | None = Field(
+        None, ge=0, description="None: limits.model_timeout_seconds (0 = none)"
+    )
+
+
 class ModelConfig(_Section):
     """Root of ``<repository>/<model>/config.yaml``."""
 
@@ -499,6 +592,7 @@ class ModelConfig(_Section):
     batching: BatchingConfig = BatchingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     insight: InsightConfig = InsightConfig()
+    limits: ModelLimitsConfig = ModelLimitsConfig()
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 
