@@ -62,6 +62,12 @@ class RequestCodec:
 
     def decode(self, request: pb.ModelInferRequest) -> tuple[Tensors, int]:
         """The request's inputs as arrays keyed by name, and its row count."""
+        if len(request.id) > self._limits.max_request_id_length:
+            raise ResourceExhaustedError(
+                f"model {self._model!r}: request id of {len(request.id)} characters, more than "
+                f"the limit max_request_id_length={self._limits.max_request_id_length}",
+                reason="request_id_too_long",
+            )
         n_inputs = len(request.inputs)
         if n_inputs > self._limits.max_inputs:
             raise ResourceExhaustedError(
@@ -140,10 +146,13 @@ class RequestCodec:
                 reason="too_many_rows",
             )
         elements = math.prod(shape)
-        if elements > self._limits.max_tensor_elements:
+        limit = self._limits.max_tensor_elements
+        if elements > limit or max(shape, default=0) > limit:
+            # A zero-size tensor may still name a huge dimension; no dimension may exceed the
+            # element limit either (numpy refuses such shapes, and they mean nothing).
             raise ResourceExhaustedError(
-                f"{where}: {elements} elements, more than the limit "
-                f"max_tensor_elements={self._limits.max_tensor_elements}",
+                f"{where}: shape {list(shape)} has {elements} elements, more than the limit "
+                f"max_tensor_elements={limit} (no dimension may exceed it either)",
                 reason="too_many_elements",
             )
         return shape
@@ -167,7 +176,13 @@ class RequestCodec:
                 f"expected {expected} for shape {list(shape)} of {spec.datatype} "
                 f"({spec.dtype.itemsize} bytes each)"
             )
-        return np.frombuffer(data, dtype=spec.dtype).reshape(shape)
+        array = np.frombuffer(data, dtype=spec.dtype).reshape(shape)
+        if spec.datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+            raise InvalidRequestError(
+                f"model {self._model!r}, input {spec.name!r}: raw BOOL data holds bytes other "
+                "than 0 and 1"
+            )
+        return array
 
     def _from_contents(
         self,
