@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -82,15 +81,13 @@ def build_server(
     insight = parts.insight or Insight(config, registry)
     listeners.append(insight)
     services.append(insight)
-    executor = ThreadPoolExecutor(
-        max_workers=config.threads.executor_workers, thread_name_prefix="model"
-    )
     repository = config.model_repository or MODEL_REPOSITORY
+    # Each model runs on its own thread pool (ModelManager.executor): a hung model
+    # cannot take the threads of the others.
     models = ModelManager(
         config,
         repository,
         listeners,
-        executor=executor,
         runtime_factory=runtime_factory,
         hooks=[*parts.model_hooks, insight],
     )

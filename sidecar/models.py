@@ -17,9 +17,10 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from sidecar.batcher import Batcher
 from sidecar.codec import RequestCodec
@@ -38,6 +39,7 @@ from sidecar.types import ModelSignature, Prediction, Tensors
 log = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[str, Path, ModelConfig, str], Runtime]
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +139,10 @@ class ServedModel:
     ready: bool = False
     error: str = ""
     load_seconds: float = 0.0
-    inflight: int = 0  # requests inside predict() right now
+    inflight: int = 0  # calls inside predict() right now, including overdue ones
+    overdue: int = 0  # calls still running past the model's timeout
+    max_concurrent: int = 0  # limit on ``inflight`` (0 = none)
+    timeout: float = 0.0  # seconds a call may take (0 = no limit)
     codec: RequestCodec | None = None
     listeners: tuple[Listener, ...] = field(default=(), repr=False)
     batcher: Batcher | None = None  # set when config.batching.enabled
@@ -146,6 +151,11 @@ class ServedModel:
     def signature(self) -> ModelSignature:
         """The runtime's inputs and outputs."""
         return self.runtime.signature
+
+    @property
+    def stalled(self) -> bool:
+        """True while a call that ran past the timeout has not returned (a hung model)."""
+        return self.overdue > 0
 
     @property
     def queue_depth(self) -> int:
@@ -187,13 +197,32 @@ class ModelManager:
         self._listeners = tuple(listeners)
         self._hooks = tuple(hooks)
         self._executor = executor
+        self._executors: dict[str, ThreadPoolExecutor] = {}
         self._factory = runtime_factory or self._default_factory
         self._models: dict[tuple[str, str], ServedModel] = {}
         self._default: dict[str, ServedModel] = {}  # name → newest ready version
         self._failures: dict[tuple[str, str], str] = {}
 
     def _default_factory(self, name: str, path: Path, config: ModelConfig, device: str) -> Runtime:
-        return create_runtime(name, path, config, device, self._config.threads, self._executor)
+        return create_runtime(name, path, config, device, self._config.threads, self.executor(name))
+
+    def executor(self, name: str) -> Executor:
+        """The threads that run model ``name``'s calls (all its versions).
+
+        Each model gets its own pool of ``threads.executor_workers`` threads, so a
+        model wedged in native code can hold only its own threads, never another
+        model's. A manager built with an ``executor`` shares that one instead.
+        """
+        if self._executor is not None:
+            return self._executor
+        pool = self._executors.get(name)
+        if pool is None:
+            pool = ThreadPoolExecutor(
+                max_workers=self._config.threads.executor_workers,
+                thread_name_prefix=f"model-{name[:24]}",
+            )
+            self._executors[name] = pool
+        return pool
 
     @property
     def listeners(self) -> tuple[Listener, ...]:
@@ -223,7 +252,19 @@ class ModelManager:
         path: Path | None = None,
     ) -> ServedModel:
         """Load one runtime and start serving it (also the seam tests use)."""
-        model = ServedModel(name, version, config, runtime, path, listeners=self._listeners)
+        limits = self._config.limits
+        model = ServedModel(
+            name,
+            version,
+            config,
+            runtime,
+            path,
+            listeners=self._listeners,
+            max_concurrent=_pick(
+                config.limits.max_concurrent_requests, limits.max_concurrent_requests
+            ),
+            timeout=_pick(config.limits.timeout_seconds, limits.model_timeout_seconds),
+        )
         self._models[(name, version)] = model
         started = time.perf_counter()
         try:
@@ -324,12 +365,12 @@ class ModelManager:
         return sorted((v for n, v in self._models if n == name), key=_version_key)
 
     def is_ready(self, name: str, version: str = "") -> bool:
-        """True when that model (version) serves."""
+        """True when that model (version) serves and is not stalled by a hung call."""
         try:
-            self.resolve(name, version)
+            model = self.resolve(name, version)
         except SidecarError:
             return False
-        return True
+        return not model.stalled
 
     @property
     def models(self) -> list[ServedModel]:
@@ -343,8 +384,8 @@ class ModelManager:
 
     @property
     def all_ready(self) -> bool:
-        """True when every configured model loaded."""
-        return not self._failures and all(m.ready for m in self._models.values())
+        """True when every configured model loaded and none is stalled."""
+        return not self._failures and all(m.ready and not m.stalled for m in self._models.values())
 
     async def unload_all(self) -> None:
         """Unload every model (at shutdown)."""
@@ -356,6 +397,14 @@ class ModelManager:
                 await model.runtime.unload()
                 for listener in self._listeners:
                     listener.on_model_unloaded(model)
+        for pool in self._executors.values():
+            # Threads of a hung call cannot be stopped; they are abandoned, not joined.
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+
+def _pick(override: N | None, default: N) -> N:
+    return default if override is None else override
 
 
 def _version_key(version: str) -> tuple[int, str]:
