@@ -16,7 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from sidecar.config import LimitsConfig
-from sidecar.errors import InvalidRequestError, ResourceExhaustedError, quote
+from sidecar.errors import (
+    InvalidRequestError,
+    ModelExecutionError,
+    ResourceExhaustedError,
+    quote,
+)
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.types import DATATYPES, ModelSignature, Tensors, TensorSpec, datatype_of
 
@@ -221,6 +226,44 @@ class RequestCodec:
         return wide.reshape(shape)
 
     # ------------------------------------------------------------------ outputs
+
+    def check_outputs(self, outputs: Tensors, rows: int) -> None:
+        """ModelExecutionError unless every declared output came back as declared.
+
+        A model answering with a missing output, another datatype, another number
+        of dimensions or another row count is broken; its answer must not reach a
+        client (or, batched, be split between the wrong requests).
+        """
+        for spec in self._signature.outputs:
+            array = outputs.get(spec.name) if isinstance(outputs, dict) else None
+            where = f"model {self._model!r} returned output {spec.name!r}"
+            if array is None:
+                got = sorted(outputs)[:8] if isinstance(outputs, dict) else type(outputs).__name__
+                raise ModelExecutionError(
+                    f"model {self._model!r} did not return output {spec.name!r} "
+                    f"(it returned {got})",
+                    reason="bad_output",
+                )
+            if not isinstance(array, np.ndarray):
+                raise ModelExecutionError(
+                    f"{where} as {type(array).__name__}, not an array", reason="bad_output"
+                )
+            try:
+                datatype = datatype_of(array.dtype)
+            except ValueError:
+                datatype = str(array.dtype)
+            shape = array.shape
+            if (
+                datatype != spec.datatype
+                or len(shape) != len(spec.shape)
+                or any(w not in (-1, g) for g, w in zip(shape, spec.shape, strict=True))
+                or (spec.batched and shape[0] != rows)
+            ):
+                raise ModelExecutionError(
+                    f"{where} as {datatype}{list(shape)[:8]}, expected {spec.describe()}"
+                    + (f" with {rows} rows" if spec.batched else ""),
+                    reason="bad_output",
+                )
 
     def requested_outputs(self, request: pb.ModelInferRequest) -> Sequence[str]:
         """Names of the outputs to return: those the request names, else all."""

@@ -8,24 +8,43 @@ each listener. Statistics happen elsewhere, off this path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sidecar.codec import encode_response
 from sidecar.errors import (
+    DeadlineExceededError,
     ModelExecutionError,
     RequestError,
+    ResourceExhaustedError,
     SidecarError,
     UnavailableError,
 )
 from sidecar.events import Listener, RequestRecord, ResponseAnnotator
 from sidecar.models import ModelManager, ServedModel
 from sidecar.proto import grpc_service_pb2 as pb
+from sidecar.types import Prediction, Tensors
 
 log = logging.getLogger(__name__)
+
+#: Longest piece of a model's own error text passed on to the client.
+MAX_MODEL_ERROR = 300
+
+
+class _Call:
+    """One model call: its task, its timeout timer, and what became of it."""
+
+    __slots__ = ("abandoned", "overdue", "task", "timer")
+
+    def __init__(self, task: asyncio.Task[Prediction]) -> None:
+        self.task = task
+        self.timer: asyncio.TimerHandle | None = None
+        self.overdue = False  # ran past the model's timeout
+        self.abandoned = False  # the request stopped waiting for it
 
 
 class DataPlane:
@@ -45,6 +64,8 @@ class DataPlane:
         self.shutting_down = False
         self.inflight = 0
         self._idle = asyncio.Event()
+        #: Called with a model when it becomes stalled (a call past its timeout) or recovers.
+        self.on_stall_change: list[Callable[[ServedModel], None]] = []
 
     @property
     def models(self) -> ModelManager:
@@ -66,8 +87,14 @@ class DataPlane:
         """A request id unique across replicas: random process prefix + counter."""
         return f"{self._prefix}-{next(self._ids)}"
 
-    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        """Run one request; raises RequestError subclasses for anything that fails."""
+    async def infer(
+        self, request: pb.ModelInferRequest, time_remaining: float | None = None
+    ) -> pb.ModelInferResponse:
+        """Run one request; raises RequestError subclasses for anything that fails.
+
+        ``time_remaining`` is the client's deadline in seconds from now (None: no
+        deadline): a request whose deadline has passed never reaches the model.
+        """
         started = time.perf_counter()
         model: ServedModel | None = None
         rows = 0
@@ -85,9 +112,9 @@ class DataPlane:
             inputs, rows = codec.decode(request)
             names = codec.requested_outputs(request)
             request_id = request_id or self.new_request_id()
-            model.inflight += 1
+            deadline = None if time_remaining is None else started + time_remaining
             try:
-                outputs, queue_seconds = await model.predict(inputs, rows)
+                outputs, queue_seconds = await self._call(model, inputs, rows, deadline)
             except SidecarError:
                 raise
             except Exception as exc:
@@ -101,17 +128,11 @@ class DataPlane:
                 )
                 raise ModelExecutionError(
                     f"model {model.name!r} version {model.version} failed: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {str(exc)[:MAX_MODEL_ERROR]}",
+                    reason="model_error",
                 ) from exc
-            finally:
-                model.inflight -= 1
-            try:
-                response = encode_response(model.name, model.version, request_id, outputs, names)
-            except (KeyError, ValueError) as exc:
-                raise ModelExecutionError(
-                    f"model {model.name!r} version {model.version} returned outputs that do not "
-                    f"match its signature: {exc}"
-                ) from exc
+            codec.check_outputs(outputs, rows)
+            response = encode_response(model.name, model.version, request_id, outputs, names)
             for annotator in self._annotators:
                 try:
                     annotator.annotate(model, inputs, outputs, response)
@@ -125,7 +146,7 @@ class DataPlane:
                     exc.code,
                     rows,
                     time.perf_counter() - started,
-                    reason=getattr(exc, "reason", ""),
+                    reason=exc.reason,
                 )
             )
             raise
@@ -146,6 +167,103 @@ class DataPlane:
             )
         )
         return response
+
+    async def _call(
+        self, model: ServedModel, inputs: Tensors, rows: int, deadline: float | None
+    ) -> Prediction:
+        """Admit the call (stall, concurrency, deadline), run it, bound the wait.
+
+        The model call runs in its own task and is never cancelled: a call stuck in
+        an executor thread cannot be stopped, so it is accounted for (``inflight``,
+        and ``overdue`` once past the model's timeout) until it really returns.
+        The request itself stops waiting at the model's timeout or the client's
+        deadline, whichever comes first.
+        """
+        where = f"model {model.name!r} version {model.version}"
+        if model.stalled:
+            raise UnavailableError(
+                f"{where} is stalled: {model.overdue} call(s) ran past its "
+                f"{model.timeout:g}s timeout and have not returned; retry later or elsewhere",
+                reason="model_stalled",
+            )
+        if model.max_concurrent and model.inflight >= model.max_concurrent:
+            raise ResourceExhaustedError(
+                f"{where} is running {model.inflight} requests, the limit "
+                f"max_concurrent_requests={model.max_concurrent}; retry with backoff",
+                reason="concurrency_limit",
+            )
+        now = time.perf_counter()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceededError(
+                f"{where}: the client's deadline passed before the model ran; "
+                "the request was dropped",
+                reason="deadline_passed",
+            )
+        loop = asyncio.get_running_loop()
+        call = _Call(loop.create_task(model.predict(inputs, rows)))
+        model.inflight += 1
+        if model.timeout:
+            call.timer = loop.call_later(model.timeout, self._overdue, model, call)
+        call.task.add_done_callback(functools.partial(self._finished, model, call))
+        waits = [w for w in (model.timeout or None, deadline and deadline - now) if w]
+        try:
+            done, _ = await asyncio.wait((call.task,), timeout=min(waits, default=None))
+        except asyncio.CancelledError:  # the client went away; the call runs on, accounted
+            call.abandoned = True
+            raise
+        if done:
+            return call.task.result()
+        call.abandoned = True
+        if model.timeout and min(waits) == model.timeout:
+            raise DeadlineExceededError(
+                f"{where} did not answer within its timeout of {model.timeout:g}s "
+                "(limits.model_timeout_seconds); the request was abandoned",
+                reason="model_timeout",
+            )
+        raise DeadlineExceededError(
+            f"{where}: the client's deadline passed while the model ran", reason="deadline"
+        )
+
+    def _overdue(self, model: ServedModel, call: _Call) -> None:
+        if call.task.done():
+            return
+        call.overdue = True
+        model.overdue += 1
+        log.error(
+            "model %s version %s: a call has run past its %gs timeout; the model is stalled "
+            "(refuses new requests) until it returns",
+            model.name,
+            model.version,
+            model.timeout,
+        )
+        if model.overdue == 1:
+            self._stall_changed(model)
+
+    def _finished(self, model: ServedModel, call: _Call, task: asyncio.Task[Prediction]) -> None:
+        model.inflight -= 1
+        if call.timer is not None:
+            call.timer.cancel()
+        error = None if task.cancelled() else task.exception()  # retrieved here, always
+        if call.abandoned and error is not None:
+            log.warning(
+                "model %s version %s: an abandoned call failed later: %s: %s",
+                model.name,
+                model.version,
+                type(error).__name__,
+                error,
+            )
+        if call.overdue:
+            model.overdue -= 1
+            log.warning("model %s version %s: an overdue call returned", model.name, model.version)
+            if model.overdue == 0:
+                self._stall_changed(model)
+
+    def _stall_changed(self, model: ServedModel) -> None:
+        for callback in self.on_stall_change:
+            try:
+                callback(model)
+            except Exception:
+                log.exception("stall callback %r failed", callback)
 
     def _emit(self, record: RequestRecord) -> None:
         for listener in self._listeners:

@@ -59,9 +59,17 @@ class BenchError(SidecarError):
 
 
 class RequestError(SidecarError):
-    """An error caused by one request; ``code`` is the gRPC status name."""
+    """An error caused by one request; ``code`` is the gRPC status name.
+
+    ``reason`` is a short fixed word for counting (``too_many_rows``,
+    ``model_timeout``, ...); never client text.
+    """
 
     code: ClassVar[str] = "UNKNOWN"
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidRequestError(RequestError):
@@ -88,8 +96,7 @@ class UnavailableError(RequestError):
     code = "UNAVAILABLE"
 
     def __init__(self, message: str, reason: str = "unavailable") -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason)
 
 
 class ResourceExhaustedError(RequestError):
@@ -98,8 +105,7 @@ class ResourceExhaustedError(RequestError):
     code = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, reason: str = "too_large") -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason)
 
 
 class DeadlineExceededError(RequestError):
