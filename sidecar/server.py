@@ -19,9 +19,11 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
+from sidecar.guard import CallGuard
 from sidecar.proto import grpc_service_pb2
 from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 from sidecar.proto.pool import POOL
+from sidecar.security import Authorizer, ReloadingCertificates
 from sidecar.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,13 @@ class SidecarServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = asyncio.Event()
+        self._health_updates: set[asyncio.Task[None]] = set()
         self.port = 0
+        #: Authorisation of guarded services; ``auth.counts`` is read by the metrics exporter.
+        self.auth = Authorizer(config.auth)
+        #: The TLS files in use (None: plaintext port); ``tls.reloads`` counts rotations.
+        self.tls = ReloadingCertificates(config.grpc.tls) if config.grpc.tls.enabled else None
+        plane.on_stall_change.append(self._stall_changed)
 
     @property
     def plane(self) -> DataPlane:
@@ -87,13 +95,18 @@ class SidecarServer:
             await service.start()
         limit = self._config.grpc.max_message_bytes
         server = grpc.aio.server(
+            interceptors=[CallGuard(self.auth)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        servicer = InferenceServicer(self._plane, self._config.startup.strict_readiness)
+        servicer = InferenceServicer(
+            self._plane,
+            self._config.startup.strict_readiness,
+            self._config.limits.max_stream_inflight,
+        )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
@@ -108,18 +121,42 @@ class SidecarServer:
         address = f"{self._config.grpc.host}:{self._config.grpc.port}"
         if ":" in self._config.grpc.host and not self._config.grpc.host.startswith("["):
             address = f"[{self._config.grpc.host}]:{self._config.grpc.port}"
-        self.port = server.add_insecure_port(address)
+        if self.tls is not None:
+            self.port = server.add_secure_port(address, self.tls.credentials())
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self._server = server
         await self._update_health()
-        log.info("serving gRPC on %s:%d", self._config.grpc.host, self.port)
+        auth = self._config.auth
+        if not auth.writes.required:
+            log.warning(
+                "label writes (%s) accept any caller: set auth.writes.token_file or "
+                "auth.writes.allowed_identities",
+                ", ".join(auth.write_services),
+            )
+        log.info(
+            "serving gRPC on %s:%d (%s)",
+            self._config.grpc.host,
+            self.port,
+            "plaintext" if self.tls is None else "mutual TLS" if self.tls.mutual else "TLS",
+        )
+
+    def _stall_changed(self, model: object) -> None:
+        if self._server is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._update_health())
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def _update_health(self) -> None:
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         models = self._plane.models
+        if self._plane.shutting_down:
+            return  # enter_graceful_shutdown has set everything NOT_SERVING for good
         for name in {m.name for m in models.models} | {n for n, _ in models.failures}:
             await self._health.set(name, serving if models.is_ready(name) else not_serving)
         overall = models.all_ready or (
