@@ -150,6 +150,18 @@ class DataPlane:
                 )
             )
             raise
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed
+            self._emit(
+                RequestRecord(
+                    model,
+                    request_id,
+                    "CANCELLED",
+                    rows,
+                    time.perf_counter() - started,
+                    reason="client_cancelled",
+                )
+            )
+            raise
         finally:
             self.inflight -= 1
             if self.shutting_down and self.inflight == 0:
