@@ -1,7 +1,8 @@
 """Small runtimes for tests: no model file, predictable behaviour.
 
 ``SumRuntime`` sums each row, ``FailingRuntime`` raises, ``SleepingRuntime``
-waits before answering, ``BlockingRuntime`` wedges an executor thread,
+waits before answering, ``ThreadSleepRuntime`` holds an executor thread for a
+while, ``BlockingRuntime`` wedges one,
 ``NaNRuntime`` and ``WrongShapeRuntime`` answer badly, ``EchoRuntime`` takes
 any signature. Tests of the server, batcher and metrics use them so
 they need no real model; they honour the same protocol as the real runtimes.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import Executor
 
 import numpy as np
@@ -153,4 +155,22 @@ class BlockingRuntime(SumRuntime):
     async def predict(self, inputs: Tensors) -> Tensors:
         """Block a thread until released, then sum."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self._block)
+        return await super().predict(inputs)
+
+
+class ThreadSleepRuntime(SumRuntime):
+    """Holds an executor thread ``delay`` seconds per call, like a model computing.
+
+    Its capacity is (threads of the executor) / delay calls per second: more
+    concurrent calls queue for a thread, as they would on a real model.
+    """
+
+    def __init__(self, delay: float, executor: Executor | None = None, width: int = 4) -> None:
+        super().__init__(width)
+        self.delay = delay
+        self._executor = executor
+
+    async def predict(self, inputs: Tensors) -> Tensors:
+        """Occupy a thread for ``delay`` seconds, then sum."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, time.sleep, self.delay)
         return await super().predict(inputs)
