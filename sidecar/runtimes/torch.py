@@ -1,14 +1,24 @@
 """PyTorch: TorchScript (``model.pt``) and torch.export archives (``model.pt2``).
 
-Only these two formats load: both are parsed without running a pickle of
-arbitrary Python, unlike ``torch.load`` of a pickled module, which is refused.
-Torch is imported lazily; a torch model without torch installed is a clear
-error naming the extra.
+Only these two formats load, and neither may run a pickle of arbitrary
+Python. TorchScript's own unpickler knows only torch types. A torch.export
+archive is not safe by itself: ``torch.export.load`` unpickles sample inputs
+and pickled weights with ``torch.load(weights_only=False)`` when the safe load
+fails, and "opaque object" constants with plain ``pickle.loads``. So before
+torch is used, ``import_torch`` sets ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` (torch
+then refuses arbitrary objects in every ``torch.load`` of this process), and
+an archive holding custom or opaque object constants is refused before torch
+reads it; the archive is read once into memory, so what was checked is what
+loads. Torch is imported lazily; a torch model without torch installed is a
+clear error naming the extra.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
+import zipfile
 from collections import Counter
 from concurrent.futures import Executor
 from pathlib import Path
@@ -40,8 +50,15 @@ _TORCH_TYPES = {
 }
 
 
+#: Constants of a torch.export archive that torch would unpickle as arbitrary objects.
+_UNSAFE_PT2_CONSTANTS = ("custom_obj_", "opaque_obj_")
+
+
 def import_torch() -> Any:
-    """Import torch, or say which extra installs it."""
+    """Import torch (every ``torch.load`` forced to weights only), or name the extra to install."""
+    # Documented torch switch, read at each torch.load: no pickle of arbitrary objects,
+    # even where torch itself asks for weights_only=False (torch.export.load does).
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
         import torch
     except ImportError as exc:
@@ -211,7 +228,9 @@ class TorchRuntime(ExecutorRuntime):
     def _load_exported(
         self, torch: Any
     ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict[str, int]]:
-        program = torch.export.load(str(self._path))
+        data = self._path.read_bytes()
+        _refuse_unsafe_archive(self._path, data)
+        program = torch.export.load(io.BytesIO(data))
         graph = program.graph
         placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
         user_inputs = list(program.graph_signature.user_inputs)
@@ -270,3 +289,21 @@ class TorchRuntime(ExecutorRuntime):
         self._module = None
         if self._torch is not None and self._device.startswith("cuda"):
             self._torch.cuda.empty_cache()
+
+
+def _refuse_unsafe_archive(path: Path, data: bytes) -> None:
+    """ModelLoadError when a torch.export archive holds constants torch would unpickle."""
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(f"{path}: not a torch.export archive: {exc}") from exc
+    unsafe = [
+        n
+        for n in names
+        if "/data/constants/" in n and n.rsplit("/", 1)[-1].startswith(_UNSAFE_PT2_CONSTANTS)
+    ]
+    if unsafe:
+        raise ModelLoadError(
+            f"{path}: holds pickled Python objects ({', '.join(unsafe[:3])}); only tensors "
+            "are loaded, never arbitrary pickles"
+        )
