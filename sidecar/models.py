@@ -71,9 +71,10 @@ def _inside(root: Path, path: Path) -> bool:
 def scan_repository(root: Path) -> RepositoryScan:
     """Find the model versions to serve under ``root``; bad models become problems.
 
-    A path that leaves the repository (through a symlink or ``..``) and a model
-    file writable by anyone are refused: loading a model must not be a way to
-    run someone else's file.
+    A path that leaves the repository (through a symlink or ``..``), and a model
+    file that anyone can write or replace (it, or its version or model directory,
+    is world-writable) are refused: loading a model must not be a way to run
+    someone else's file.
     """
     root = root.resolve()
     if not root.is_dir():
@@ -103,12 +104,24 @@ def scan_repository(root: Path) -> RepositoryScan:
                 path = versions[version]
                 if not _inside(root, path):
                     raise ModelLoadError(f"{path}: resolves outside the repository {root}")
-                if os.stat(path).st_mode & stat.S_IWOTH:
-                    raise ModelLoadError(f"{path}: writable by any user; refusing to load it")
+                for where in (path, path.parent, model_dir):
+                    if _world_writable(where):
+                        raise ModelLoadError(
+                            f"{where}: writable by any user; refusing to load {path.name} "
+                            "(anyone could replace it)"
+                        )
                 sources.append(ModelSource(name, version, path, config))
         except ModelLoadError as exc:
             problems.append((name, exc.message))
     return RepositoryScan(tuple(sources), tuple(problems))
+
+
+def _world_writable(path: Path) -> bool:
+    """A file, or a directory without the sticky bit, that any user may write."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode) and mode & stat.S_ISVTX:
+        return False  # like /tmp: others cannot replace what they do not own
+    return bool(mode & stat.S_IWOTH)
 
 
 def model_versions(model_dir: Path) -> dict[int, Path]:
