@@ -266,7 +266,12 @@ class DataPlane:
             )
         if call.overdue:
             model.overdue -= 1
-            log.warning("model %s version %s: an overdue call returned", model.name, model.version)
+            log.warning(
+                "model %s version %s: an overdue call %s",
+                model.name,
+                model.version,
+                "was cancelled" if task.cancelled() else "returned",
+            )
             if model.overdue == 0:
                 self._stall_changed(model)
 

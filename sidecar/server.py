@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from typing import Protocol
@@ -77,6 +78,8 @@ class SidecarServer:
         self._stopped = asyncio.Event()
         self._health_updates: set[asyncio.Task[None]] = set()
         self.port = 0
+        #: Model calls still running when ``stop`` finished (hung in native code).
+        self.abandoned_calls = 0
         #: Authorisation of guarded services; ``auth.counts`` is read by the metrics exporter.
         self.auth = Authorizer(config.auth)
         #: The TLS files in use (None: plaintext port); ``tls.reloads`` counts rotations.
@@ -184,6 +187,15 @@ class SidecarServer:
         self._server = None
         for service in reversed(self._services):
             await service.stop()
+        models = self._plane.models.models
+        self.abandoned_calls = sum(m.inflight for m in models)
+        if self.abandoned_calls:
+            log.error(
+                "%d model call(s) still running past their timeout (%s): abandoned; their "
+                "threads cannot be stopped",
+                self.abandoned_calls,
+                ", ".join(sorted({m.name for m in models if m.inflight})),
+            )
         await self._plane.models.unload_all()
         self._stopped.set()
         log.info("stopped")
@@ -193,7 +205,12 @@ class SidecarServer:
         await self._stopped.wait()
 
     async def serve_until_signal(self) -> None:
-        """Start, then stop cleanly on SIGTERM or SIGINT."""
+        """Start, then stop cleanly on SIGTERM or SIGINT.
+
+        If a hung model call is still running after the drain, the process exits at
+        once (status 0): its thread cannot be stopped, and waiting for it would
+        outlive the grace period.
+        """
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,3 +218,9 @@ class SidecarServer:
         await self.start()
         await stop_requested.wait()
         await self.stop()
+        if self.abandoned_calls:
+            # The interpreter would join the hung threads at exit and never finish:
+            # everything that can be flushed has been; leave now, within the grace period.
+            log.error("exiting without waiting for hung model threads")
+            logging.shutdown()
+            os._exit(0)
