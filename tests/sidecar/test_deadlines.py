@@ -5,7 +5,9 @@ take the other models (or their threads) down with it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,14 @@ from sidecar.models import ModelManager
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 from sidecar.runtimes.fakes import BlockingRuntime, SleepingRuntime, SumRuntime
-from tests.helpers import RecordingListener, ServerThread, server_config
+from tests.helpers import (
+    RecordingListener,
+    ServerThread,
+    free_port,
+    server_config,
+    spawn,
+    wait_for_line,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -175,3 +184,19 @@ def test_hung_model_times_out_stalls_and_recovers_without_hurting_others(
     assert ("DEADLINE_EXCEEDED", "model_timeout") in reasons
     assert ("UNAVAILABLE", "model_stalled") in reasons
     assert reasons[-1] == ("OK", "")
+
+
+def test_sigterm_with_a_hung_model_exits_within_the_grace_period() -> None:
+    # A thread wedged in a model cannot be stopped, and the interpreter joins executor
+    # threads at exit: without an explicit exit the process never ended.
+    port = free_port()
+    with spawn(["-m", "tests.hung_server", str(port)]) as proc:
+        wait_for_line(proc.stderr, "serving gRPC")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request("hung"), timeout=30)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_for_line(proc.stderr, "the model is stalled")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0  # grace period 2 s
+        assert "1 model call(s) still running past their timeout (hung)" in proc.stderr.read()
