@@ -259,7 +259,7 @@ def refit(draw: st.DrawFn, request: pb.ModelInferRequest) -> None:
     for tensor in request.inputs:
         dtype = DATATYPES.get(tensor.datatype)
         count = math.prod(tensor.shape) if dtype and all(d >= 0 for d in tensor.shape) else 0
-        if count > 256:
+        if count > 64:
             count = 0
         if raw:
             request.raw_input_contents.append(

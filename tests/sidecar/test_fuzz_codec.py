@@ -32,8 +32,10 @@ INPUTS = (
     TensorSpec("h", "FP64", (-1, 1)),
 )
 LIMITS = LimitsConfig(max_batch_rows=50, max_tensor_elements=1000, max_inputs=10)
-#: One signature with every input, and one per input (mutations then always hit it).
-SIGNATURES = [INPUTS, *((spec,) for spec in INPUTS)]
+#: One signature with every input, and single-input ones (mutations then always hit the
+#: input) for those with the most edge cases: BOOL bytes, all-dynamic FP16, a scalar, a
+#: fixed first dimension with integer narrowing.
+SIGNATURES = [INPUTS, *((spec,) for spec in INPUTS if spec.name in "cdef")]
 
 
 def codec(inputs: tuple[TensorSpec, ...]) -> RequestCodec:
