@@ -240,14 +240,10 @@ class RequestCodec:
             if array is None:
                 got = sorted(outputs)[:8] if isinstance(outputs, dict) else type(outputs).__name__
                 raise ModelExecutionError(
-                    f"model {self._model!r} did not return output {spec.name!r} "
-                    f"(it returned {got})",
-                    reason="bad_output",
+                    f"model {self._model!r} did not return output {spec.name!r} (it returned {got})"
                 )
             if not isinstance(array, np.ndarray):
-                raise ModelExecutionError(
-                    f"{where} as {type(array).__name__}, not an array", reason="bad_output"
-                )
+                raise ModelExecutionError(f"{where} as {type(array).__name__}, not an array")
             try:
                 datatype = datatype_of(array.dtype)
             except ValueError:
@@ -261,8 +257,7 @@ class RequestCodec:
             ):
                 raise ModelExecutionError(
                     f"{where} as {datatype}{list(shape)[:8]}, expected {spec.describe()}"
-                    + (f" with {rows} rows" if spec.batched else ""),
-                    reason="bad_output",
+                    + (f" with {rows} rows" if spec.batched else "")
                 )
 
     def requested_outputs(self, request: pb.ModelInferRequest) -> Sequence[str]:

@@ -128,8 +128,7 @@ class DataPlane:
                 )
                 raise ModelExecutionError(
                     f"model {model.name!r} version {model.version} failed: "
-                    f"{type(exc).__name__}: {str(exc)[:MAX_MODEL_ERROR]}",
-                    reason="model_error",
+                    f"{type(exc).__name__}: {str(exc)[:MAX_MODEL_ERROR]}"
                 ) from exc
             codec.check_outputs(outputs, rows)
             response = encode_response(model.name, model.version, request_id, outputs, names)
@@ -158,7 +157,6 @@ class DataPlane:
                     "CANCELLED",
                     rows,
                     time.perf_counter() - started,
-                    reason="client_cancelled",
                 )
             )
             raise
@@ -229,12 +227,9 @@ class DataPlane:
         if model.timeout and min(waits) == model.timeout:
             raise DeadlineExceededError(
                 f"{where} did not answer within its timeout of {model.timeout:g}s "
-                "(limits.model_timeout_seconds); the request was abandoned",
-                reason="model_timeout",
+                "(limits.model_timeout_seconds); the request was abandoned"
             )
-        raise DeadlineExceededError(
-            f"{where}: the client's deadline passed while the model ran", reason="deadline"
-        )
+        raise DeadlineExceededError(f"{where}: the client's deadline passed while the model ran")
 
     def _overdue(self, model: ServedModel, call: _Call) -> None:
         if call.task.done():

@@ -61,8 +61,10 @@ class BenchError(SidecarError):
 class RequestError(SidecarError):
     """An error caused by one request; ``code`` is the gRPC status name.
 
-    ``reason`` is a short fixed word for counting (``too_many_rows``,
-    ``model_timeout``, ...); never client text.
+    ``reason`` is set for refusals, requests that never reached the model: a
+    short fixed word for counting (``too_many_rows``, ``concurrency_limit``,
+    ``model_stalled``, ``deadline_passed``, ...), never client text. Failures
+    after the model ran (INTERNAL, DEADLINE_EXCEEDED) are counted by code.
     """
 
     code: ClassVar[str] = "UNKNOWN"
