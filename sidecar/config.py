@@ -55,7 +55,7 @@ def _check_device(value: str | None) -> str | None:
 
 
 class TlsConfig(_Section):
-    """TLS on the gRPC port (mutual TLS with ``client_ca_file``); files re-read on change."""
+    """TLS on a port (mutual TLS with ``client_ca_file``); the files are re-read on change."""
 
     cert_file: Path | None = Field(None, description="PEM certificate chain; set with key_file")
     key_file: Path | None = Field(None, description="PEM private key of cert_file")
@@ -100,6 +100,7 @@ class MetricsConfig(_Section):
         description="address to bind",
     )
     port: int = Field(8002, ge=0, le=65535, description="0 picks a free port")
+    tls: TlsConfig = TlsConfig()
     latency_buckets: tuple[float, ...] = Field(
         DEFAULT_LATENCY_BUCKETS, description="histogram buckets (seconds) of every duration"
     )
