@@ -1,6 +1,7 @@
 """TLS credentials that follow their files, and who may call what.
 
-``ReloadingCertificates`` feeds ``grpc.dynamic_ssl_server_credentials``: gRPC
+``ReloadingCertificates`` feeds ``grpc.dynamic_ssl_server_credentials`` (and
+``ReloadingSSLContext`` the metrics port's HTTPS): gRPC
 asks it before each TLS handshake, it compares the files' stat stamps and
 re-reads them only when they changed (cert-manager or a Kubernetes secret
 rotating them). A half-written pair (a key that does not match its
@@ -104,6 +105,52 @@ class ReloadingCertificates:
         except Exception:  # called from gRPC's handshake path: never let it fail
             log.exception("TLS certificate reload failed; keeping the previous certificates")
             return None
+
+
+class ReloadingSSLContext:
+    """An ``ssl.SSLContext`` for an HTTPS listener, rebuilt when its files change.
+
+    Called once per connection (see ``exporters.http``); a rebuilt context is
+    taken only when the key matches the certificate, else the previous one stays.
+    """
+
+    def __init__(self, tls: TlsConfig, what: str = "metrics.tls") -> None:
+        if tls.cert_file is None or tls.key_file is None:
+            raise ConfigError(f"{what}: cert_file and key_file are needed for TLS")
+        self._cert, self._key, self._ca = tls.cert_file, tls.key_file, tls.client_ca_file
+        self._paths = [p for p in (self._cert, self._key, self._ca) if p is not None]
+        self._lock = threading.Lock()
+        try:
+            self._stamp = _stamp(self._paths)
+            self._context = self._build()
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(map(str, self._paths))
+            raise ConfigError(f"{what}: cannot use {files}: {exc}") from exc
+        self.reloads = 0
+
+    def _build(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self._cert, self._key)
+        if self._ca is not None:
+            context.load_verify_locations(cafile=self._ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def __call__(self) -> ssl.SSLContext:
+        """The context to use for a new connection."""
+        with self._lock:
+            try:
+                stamp = _stamp(self._paths)
+                if stamp != self._stamp:
+                    context = self._build()
+                    if _stamp(self._paths) == stamp:
+                        self._context, self._stamp = context, stamp
+                        self.reloads += 1
+                        log.info("metrics TLS certificate files reloaded")
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("TLS files changed but cannot be used yet (kept the old): %s", exc)
+            return self._context
 
 
 class TokenFile:
