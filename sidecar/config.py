@@ -89,6 +89,13 @@ class GrpcConfig(_Section):
         64 * 1024 * 1024, ge=1024, description="larger messages fail with RESOURCE_EXHAUSTED"
     )
     tls: TlsConfig = TlsConfig()
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="extra plaintext port serving only grpc.health.v1, for kubelet gRPC probes "
+        "(they cannot speak TLS); None: health on the main port only",
+    )
 
 
 class MetricsConfig(_Section):

@@ -74,6 +74,9 @@ class SidecarServer:
         self._services = list(services)
         self._registrars = list(registrars)
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        #: Bound port of the plaintext health-only listener (0 when grpc.health_port is unset).
+        self.health_port = 0
         self._health = health.aio.HealthServicer()
         self._stopped = asyncio.Event()
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -132,6 +135,8 @@ class SidecarServer:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self._server = server
+        if self._config.grpc.health_port is not None:
+            await self._start_health_port()
         await self._update_health()
         auth = self._config.auth
         if not auth.writes.required:
@@ -146,6 +151,20 @@ class SidecarServer:
             self.port,
             "plaintext" if self.tls is None else "mutual TLS" if self.tls.mutual else "TLS",
         )
+
+    async def _start_health_port(self) -> None:
+        """A plaintext listener with only the health service (same states as the main port)."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        host, port = self._config.grpc.host, self._config.grpc.health_port
+        bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        address = f"{bracketed}:{port}"
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot listen on {address} (grpc.health_port)")
+        await server.start()
+        self._health_server = server
+        log.info("serving gRPC health (plaintext) on %s:%d", host, self.health_port)
 
     def _stall_changed(self, model: object) -> None:
         if self._server is None:
@@ -185,6 +204,9 @@ class SidecarServer:
             log.warning("grace period over with %d requests in flight", self._plane.inflight)
         await self._server.stop(max(0.0, deadline - loop.time()))
         self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         for service in reversed(self._services):
             await service.stop()
         models = self._plane.models.models
