@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.config import ServerConfig
 from sidecar.errors import ConfigError
@@ -18,6 +19,7 @@ from tests.certs import Authority, Issued, authority, issue, replace_file
 from tests.helpers import ServerThread, running_server, server_config
 
 OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # no connection shared between channels
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def tls_config(tmp_path: Path, server: Issued, client_ca: Authority | None = None) -> ServerConfig:
@@ -113,3 +115,21 @@ def test_unusable_tls_files_stop_start_up(tmp_path: Path, ca: Authority) -> None
     missing = server_config(tmp_path, grpc={"tls": {"cert_file": "/nonexistent", "key_file": "/x"}})
     with pytest.raises(ConfigError, match=r"grpc\.tls"):
         ReloadingCertificates(missing.grpc.tls)
+
+
+def test_plaintext_health_port_beside_a_tls_grpc_port(tmp_path: Path, ca: Authority) -> None:
+    # Kubelet's native gRPC probes cannot speak TLS: grpc.health_port serves health only.
+    config = tls_config(tmp_path, issue(ca, "sidecar", server=True), client_ca=ca)
+    config = config.model_copy(update={"grpc": config.grpc.model_copy(update={"health_port": 0})})
+    with running_server(config, fakes=[("sum", SumRuntime(), None)]) as server:
+        address = f"127.0.0.1:{server.server.health_port}"
+        with grpc.insecure_channel(address, options=OPTIONS) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "sum"):
+                check = health_pb2.HealthCheckRequest(service=service)
+                assert health.Check(check, timeout=5).status == SERVING
+            inference = pb_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                inference.ServerLive(pb.ServerLiveRequest(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # health only
+        assert live(server.address, None) == grpc.StatusCode.UNAVAILABLE  # main port: TLS
