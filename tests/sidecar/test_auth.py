@@ -27,6 +27,8 @@ from tests.certs import Authority, authority, issue, replace_file
 from tests.helpers import ServerThread, running_server, server_config
 
 TOKEN = "s3cret-token-for-label-writers"
+#: The dummy FeedbackService below stands in for the real one (registered by the label store).
+NO_LABEL_STORE = {"enabled": False}
 OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
@@ -102,7 +104,9 @@ def token_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def token_server(tmp_path: Path, token_file: Path) -> Iterator[tuple[ServerThread, DummyFeedback]]:
     registrar = FeedbackRegistrar()
-    config = server_config(tmp_path, auth={"writes": {"token_file": str(token_file)}})
+    config = server_config(
+        tmp_path, auth={"writes": {"token_file": str(token_file)}}, labels=NO_LABEL_STORE
+    )
     parts = AppParts(registrars=[registrar])
     with running_server(config, parts, fakes=[("sum", SumRuntime(), None)]) as server:
         yield server, registrar.servicer
@@ -164,7 +168,9 @@ def test_token_file_is_reread_when_it_changes(
 
 
 def test_inference_can_be_protected_separately(tmp_path: Path, token_file: Path) -> None:
-    config = server_config(tmp_path, auth={"inference": {"token_file": str(token_file)}})
+    config = server_config(
+        tmp_path, auth={"inference": {"token_file": str(token_file)}}, labels=NO_LABEL_STORE
+    )
     registrar = FeedbackRegistrar()
     parts = AppParts(registrars=[registrar])
     with (
@@ -205,6 +211,7 @@ def test_mtls_identity_allows_or_denies_label_writes(tmp_path: Path, ca: Authori
         tmp_path,
         grpc={"tls": tls},
         auth={"writes": {"allowed_identities": ["label-writer", "spiffe.example/labeler"]}},
+        labels=NO_LABEL_STORE,
     )
     registrar = FeedbackRegistrar()
     with running_server(config, AppParts(registrars=[registrar])) as server:
@@ -235,3 +242,20 @@ def test_auth_configuration_errors(tmp_path: Path) -> None:
     empty = server_config(tmp_path, auth={"writes": {"token_file": str(tmp_path / "empty")}})
     with pytest.raises(ConfigError, match="holds no token"):
         Authorizer(empty.auth)
+
+
+def test_the_real_feedback_service_is_guarded(tmp_path: Path, token_file: Path) -> None:
+    config = server_config(tmp_path, auth={"writes": {"token_file": str(token_file)}})
+    with (
+        running_server(config, fakes=[("sum", SumRuntime(), None)]) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub = fb_grpc.FeedbackServiceStub(channel)
+        assert code_of(stub.SendLabels, labels()) == grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(stub.StreamLabels, iter([labels()])) == grpc.StatusCode.UNAUTHENTICATED
+        reply = stub.SendLabels(labels(), metadata=bearer(TOKEN), timeout=10)
+        assert len(reply.results) == 2  # it reached the label store (which judged the labels)
+    assert server.server.auth.counts == {
+        ("writes", "unauthenticated"): 2,
+        ("writes", "allowed"): 1,
+    }
