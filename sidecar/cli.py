@@ -131,14 +131,18 @@ def _positive_int(text: str) -> int:
 
 
 def _labels_send(args: argparse.Namespace) -> int:
-    from sidecar.labels.client import send_file
+    from sidecar.labels.client import Credentials, send_file
 
+    credentials = Credentials.from_files(
+        args.token_file, args.ca_file, args.cert_file, args.key_file
+    )
     report = send_file(
         args.file,
         args.address,
         batch_size=args.batch_size,
         timeout=args.timeout,
         problems=sys.stderr,
+        credentials=credentials,
     )
     print(f"{args.file}: {report.summary()}")
     return 0 if report.all_matched else 1
@@ -278,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=1000, help="labels per SendLabels call"
     )
     send.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    send.add_argument("--token-file", type=Path, help="bearer token (first line), guarded writes")
+    send.add_argument("--ca-file", type=Path, help="PEM CA of the server: connect with TLS")
+    send.add_argument("--cert-file", type=Path, help="PEM client certificate (mutual TLS)")
+    send.add_argument("--key-file", type=Path, help="PEM key of --cert-file")
     send.set_defaults(func=_labels_send)
 
     conv = sub.add_parser(
