@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.app import AppParts
+from sidecar.cli import main
 from sidecar.config import load_server_config
 from sidecar.errors import ConfigError
 from sidecar.proto import feedback_pb2 as fb
@@ -259,3 +260,38 @@ def test_the_real_feedback_service_is_guarded(tmp_path: Path, token_file: Path) 
         ("writes", "unauthenticated"): 2,
         ("writes", "allowed"): 1,
     }
+
+
+def test_labels_send_cli_with_a_token_and_mutual_tls(
+    tmp_path: Path, token_file: Path, ca: Authority, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server_cert, client = issue(ca, "sidecar", server=True), issue(ca, "cli")
+    files = {
+        "tls.crt": server_cert.cert,
+        "tls.key": server_cert.key,
+        "ca.crt": ca.pem,
+        "cli.crt": client.cert,
+        "cli.key": client.key,
+    }
+    for name, data in files.items():
+        replace_file(tmp_path / name, data)
+    tls = {
+        "cert_file": str(tmp_path / "tls.crt"),
+        "key_file": str(tmp_path / "tls.key"),
+        "client_ca_file": str(tmp_path / "ca.crt"),
+    }
+    config = server_config(
+        tmp_path, grpc={"tls": tls}, auth={"writes": {"token_file": str(token_file)}}
+    )
+    csv = tmp_path / "labels.csv"
+    csv.write_text("request_id,model,class_index\nnobody,sum,1\n")
+    with running_server(config, fakes=[("sum", SumRuntime(), None)]) as server:
+        base = ["labels", "send", str(csv), "--address", server.address, "--timeout", "10"]
+        mtls = ["--ca-file", str(tmp_path / "ca.crt"), "--cert-file", str(tmp_path / "cli.crt")]
+        mtls += ["--key-file", str(tmp_path / "cli.key")]
+        assert main([*base, *mtls]) == 2  # TLS but no token: refused
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert main([*base, *mtls, "--token-file", str(token_file)]) == 1  # sent; not matched
+        assert "1 labels sent" in capsys.readouterr().out
+        assert main([*base, "--cert-file", str(tmp_path / "cli.crt")]) == 2
+        assert "go together" in capsys.readouterr().err
