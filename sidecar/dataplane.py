@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Longest piece of a model's own error text passed on to the client.
 MAX_MODEL_ERROR = 300
+#: While draining, how long no request may arrive before the port may close.
+DRAIN_QUIET_SECONDS = 0.2
 
 
 class _Call:
@@ -64,6 +66,7 @@ class DataPlane:
         self.shutting_down = False
         self.inflight = 0
         self._idle = asyncio.Event()
+        self._last_arrival = 0.0  # perf_counter of the newest request
         #: Called with a model when it becomes stalled (a call past its timeout) or recovers.
         self.on_stall_change: list[Callable[[ServedModel], None]] = []
 
@@ -73,15 +76,31 @@ class DataPlane:
         return self._models
 
     async def drain(self, timeout: float) -> bool:
-        """Refuse new requests (UNAVAILABLE); wait up to ``timeout`` s for in-flight ones."""
+        """Refuse new requests (UNAVAILABLE); wait up to ``timeout`` s for in-flight ones.
+
+        Returns once nothing is in flight **and** no request has arrived for
+        ``DRAIN_QUIET_SECONDS``: calls gRPC has received but not yet handed to us
+        would be failed with CANCELLED when the server stops, so the port stays
+        open (refusing with UNAVAILABLE, which clients retry elsewhere) until
+        arrivals stop, as they do once Kubernetes has removed the endpoint.
+        False when ``timeout`` passed first.
+        """
         self.shutting_down = True
-        if self.inflight == 0:
-            return True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.inflight:
+                try:
+                    await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    return False
+            quiet = time.perf_counter() - self._last_arrival
+            if self.inflight == 0 and quiet >= DRAIN_QUIET_SECONDS:
+                return True
+            if loop.time() >= deadline:
+                return False
+            # Waiting out the quiet period (re-checked: a request may have come meanwhile).
+            await asyncio.sleep(min(DRAIN_QUIET_SECONDS - quiet, deadline - loop.time()))
 
     def new_request_id(self) -> str:
         """A request id unique across replicas: random process prefix + counter."""
@@ -95,11 +114,12 @@ class DataPlane:
         ``time_remaining`` is the client's deadline in seconds from now (None: no
         deadline): a request whose deadline has passed never reaches the model.
         """
-        started = time.perf_counter()
+        started = self._last_arrival = time.perf_counter()
         model: ServedModel | None = None
         rows = 0
         request_id = request.id
         self.inflight += 1
+        self._idle.clear()
         try:
             if self.shutting_down:
                 raise UnavailableError(
