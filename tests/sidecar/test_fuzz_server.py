@@ -1,4 +1,5 @@
-"""Property-based fuzzing over a real loopback server: unary, streamed and garbage bytes.
+"""Property-based fuzzing over a real loopback server: inference (unary, streamed, garbage
+bytes) and the FeedbackService (hostile labels, batches, streams, garbage bytes).
 
 Every call ends in OK or a specific status code (never UNKNOWN or INTERNAL,
 never a hang: each call has a deadline), the server logs no unexpected
@@ -18,10 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.app import AppParts
+from sidecar.proto import feedback_pb2 as fb
+from sidecar.proto import feedback_pb2_grpc as fb_grpc
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 from sidecar.runtimes.fakes import EchoRuntime, SumRuntime
 from tests.helpers import RecordingListener, ServerThread, running_server, server_config
+from tests.labels.helpers import copy_models, label_parts, registry_of
 from tests.sidecar.fuzz import NAMES, hostile_request
 from tests.sidecar.test_fuzz_codec import INPUTS
 
@@ -43,19 +47,31 @@ MODELS = {"all": INPUTS, "d": (INPUTS[3],), "c": (INPUTS[2],), "e": (INPUTS[4],)
 
 
 @pytest.fixture(scope="module")
-def fuzzed(
+def fuzzed_parts(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[ServerThread, RecordingListener]]:
+) -> Iterator[tuple[ServerThread, AppParts]]:
+    """Echo models of every datatype, and the digits classifier with the label store."""
+    repo = copy_models(tmp_path_factory.mktemp("repo"), ["digits"])
     config = server_config(
-        tmp_path_factory.mktemp("repo"),
+        repo,
         grpc={"max_message_bytes": 1 << 20},
         limits={"max_batch_rows": 50, "max_tensor_elements": 1000, "max_inputs": 10},
+        labels={"max_batch_labels": 20},
     )
-    recorder = RecordingListener()
+    parts = label_parts(config)
+    parts.listeners.append(RecordingListener())
     fakes = [(name, EchoRuntime(inputs), None) for name, inputs in MODELS.items()]
     fakes.append(("sum", SumRuntime(), None))
-    with running_server(config, AppParts(listeners=[recorder]), fakes=fakes) as thread:
-        yield thread, recorder
+    with running_server(config, parts, fakes=fakes) as thread:
+        yield thread, parts
+
+
+@pytest.fixture(scope="module")
+def fuzzed(fuzzed_parts: tuple[ServerThread, AppParts]) -> tuple[ServerThread, RecordingListener]:
+    thread, parts = fuzzed_parts
+    recorder = parts.listeners[-1]
+    assert isinstance(recorder, RecordingListener)
+    return thread, recorder
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +199,88 @@ def test_metadata_and_readiness_of_any_name(channel: grpc.Channel, name: str, ve
         health(health_pb2.HealthCheckRequest(service=name), timeout=10)
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.NOT_FOUND
+
+
+LABEL_VALUES = st.one_of(
+    st.builds(
+        lambda v: {"class_name": v}, st.one_of(st.sampled_from(["three", "other", ""]), NAMES)
+    ),
+    st.builds(lambda v: {"class_index": v}, st.integers(-(2**63), 2**63 - 1)),
+    st.builds(lambda v: {"number": v}, st.floats()),
+    st.just({}),
+)
+LABELS = st.builds(
+    lambda request_id, model, row, value: fb.Label(
+        request_id=request_id, model_name=model, row=row, **value
+    ),
+    st.one_of(st.just("nobody"), NAMES),
+    st.one_of(st.sampled_from(["digits", "sum", ""]), NAMES),
+    st.integers(0, 2**32 - 1),
+    LABEL_VALUES,
+)
+
+
+@FUZZ
+@given(
+    batches=st.lists(st.lists(LABELS, max_size=25), min_size=1, max_size=3), stream=st.booleans()
+)
+def test_feedback_service(
+    channel: grpc.Channel, batches: list[list[fb.Label]], stream: bool
+) -> None:
+    stub = fb_grpc.FeedbackServiceStub(channel)
+    requests = [fb.SendLabelsRequest(labels=batch) for batch in batches]
+    try:
+        if stream:
+            summary = stub.StreamLabels(iter(requests), timeout=10)
+            assert summary.received == sum(len(b) for b in batches)
+        else:
+            for request in requests:
+                reply = stub.SendLabels(request, timeout=10)
+                assert len(reply.results) == len(request.labels)
+                for result in reply.results:
+                    assert len(result.detail) < 300
+    except grpc.RpcError as exc:  # more than max_batch_labels (20) in one batch
+        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (exc.code(), exc.details())
+        assert "20" in exc.details()
+    still_serves(pb_grpc.GRPCInferenceServiceStub(channel))
+
+
+@FUZZ
+@given(
+    method=st.sampled_from(
+        ["/sidecar.v1.FeedbackService/SendLabels", "/sidecar.v1.FeedbackService/StreamLabels"]
+    ),
+    payloads=st.lists(st.binary(max_size=100), min_size=1, max_size=3),
+)
+def test_feedback_garbage_bytes(channel: grpc.Channel, method: str, payloads: list[bytes]) -> None:
+    try:
+        if method.endswith("SendLabels"):
+            channel.unary_unary(method)(payloads[0], timeout=10)
+        else:
+            channel.stream_unary(method)(iter(payloads), timeout=10)
+    except grpc.RpcError as exc:
+        allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert exc.code() in allowed, (exc.code(), exc.details())
+    still_serves(pb_grpc.GRPCInferenceServiceStub(channel))
+
+
+def test_hostile_labels_made_no_metric_label_values(
+    fuzzed_parts: tuple[ServerThread, AppParts],
+) -> None:
+    registry = registry_of(fuzzed_parts[1])
+    models = set()
+    classes = set()
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name.startswith("sidecar_label"):
+                models.add(sample.labels.get("model"))
+                classes |= {
+                    v for k, v in sample.labels.items() if k in ("class", "predicted", "actual")
+                }
+    digits = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    served = {m.name for m in fuzzed_parts[0].server.plane.models.models}
+    assert models <= served | {None, ""}, models - served  # served models only ("" = unknown)
+    assert classes <= digits | {"other"}, classes - digits
 
 
 def test_no_request_ended_unknown_or_internal(
