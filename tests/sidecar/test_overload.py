@@ -1,8 +1,10 @@
 """Overload: 4× the sustainable concurrency for 20 s against a model with a concurrency limit.
 
 The server sheds the excess at once with RESOURCE_EXHAUSTED, accepted requests
-keep a bounded p99, the server's memory stays flat, and the first request after
-the load stops is served normally.
+keep a bounded p99 (against the model time and the p99 at the sustainable
+concurrency measured just before, on the same busy machine), the server's
+memory stays flat, and the first request after the load stops is served
+normally.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ DELAY = 0.05  # seconds a model call holds one of the model's LIMIT threads
 LIMIT = 8  # concurrent requests admitted = threads: capacity LIMIT / DELAY = 160 req/s
 CLIENTS = 4 * LIMIT
 DURATION = 20.0
+BASELINE = 5.0  # seconds at the sustainable concurrency first, to measure the machine's noise
 BACKOFF = 0.05  # a refused client waits this long before retrying, as real clients do
 
 
@@ -48,38 +51,45 @@ def request() -> pb.ModelInferRequest:
     return req
 
 
-async def hammer(address: str, pid: int, tally: Tally) -> None:
+async def load(
+    stub: pb_grpc.GRPCInferenceServiceStub, clients: int, duration: float, tally: Tally, pid: int
+) -> None:
+    """``clients`` closed-loop clients for ``duration`` seconds; RSS sampled every second."""
+    start = time.monotonic()
+    stop = start + duration
+    message = request()
+
+    async def client() -> None:
+        while time.monotonic() < stop:
+            sent = time.monotonic()
+            try:
+                await stub.ModelInfer(message, timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                name = exc.code().name
+                tally.codes[name] = tally.codes.get(name, 0) + 1
+                await asyncio.sleep(BACKOFF)  # client backoff: shapes the load
+                continue
+            tally.latencies.append(time.monotonic() - sent)
+            tally.codes["OK"] = tally.codes.get("OK", 0) + 1
+
+    async def sample_memory() -> None:
+        while time.monotonic() < stop:
+            tally.rss.append((time.monotonic() - start, rss_kb(pid)))
+            await asyncio.sleep(1.0)  # sampling interval
+
+    await asyncio.gather(sample_memory(), *(client() for _ in range(clients)))
+
+
+async def hammer(address: str, pid: int, baseline: Tally, tally: Tally) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         await stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
-        start = time.monotonic()
-        stop = start + DURATION
-        message = request()
-
-        async def client() -> None:
-            while time.monotonic() < stop:
-                sent = time.monotonic()
-                try:
-                    await stub.ModelInfer(message, timeout=5)
-                except grpc.aio.AioRpcError as exc:
-                    name = exc.code().name
-                    tally.codes[name] = tally.codes.get(name, 0) + 1
-                    await asyncio.sleep(
-                        BACKOFF
-                    )  # client backoff: shapes the load, waits for nothing
-                    continue
-                tally.latencies.append(time.monotonic() - sent)
-                tally.codes["OK"] = tally.codes.get("OK", 0) + 1
-
-        async def sample_memory() -> None:
-            while time.monotonic() < stop:
-                tally.rss.append((time.monotonic() - start, rss_kb(pid)))
-                await asyncio.sleep(1.0)  # sampling interval
-
-        await asyncio.gather(sample_memory(), *(client() for _ in range(CLIENTS)))
-
+        # The same machine at the sustainable concurrency: what latency noise it has now.
+        await load(stub, LIMIT, BASELINE, baseline, pid)
+        await load(stub, CLIENTS, DURATION, tally, pid)
         # Load is gone: the very next requests are served at the model's own speed.
         recovery = []
+        message = request()
         for _ in range(5):
             sent = time.monotonic()
             await stub.ModelInfer(message, timeout=5)
@@ -93,19 +103,21 @@ def test_overload_sheds_keeps_latency_and_memory_bounded_and_recovers() -> None:
     args = ["-m", "tests.overload_server", str(port), str(DELAY), str(LIMIT)]  # LIMIT threads
     with spawn(args) as proc:
         wait_for_line(proc.stderr, "serving gRPC")
-        tally = Tally()
-        asyncio.run(hammer(f"127.0.0.1:{port}", proc.pid, tally))
+        baseline, tally = Tally(), Tally()
+        asyncio.run(hammer(f"127.0.0.1:{port}", proc.pid, baseline, tally))
     ok = tally.codes.get("OK", 0)
     shed = tally.codes.get("RESOURCE_EXHAUSTED", 0)
     latencies = np.array(tally.latencies)
     p50, p99 = np.percentile(latencies, [50, 99])
+    base_p99 = float(np.percentile(baseline.latencies, 99))
     steady = [kb for t, kb in tally.rss if t >= 5.0]
     growth_mb = (max(steady) - steady[0]) / 1024
     print(
         f"\noverload: {ok / DURATION:.0f} accepted/s, {shed / DURATION:.0f} shed/s, "
         f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
         f"RSS {steady[0] / 1024:.1f} MB (+{growth_mb:.2f} MB over {len(steady)} s), "
-        f"recovery max {tally.codes['recovery_max_ms']} ms, codes {tally.codes}"
+        f"recovery max {tally.codes['recovery_max_ms']} ms, codes {tally.codes}; "
+        f"at sustainable load p99 {base_p99 * 1000:.1f} ms"
     )
     assert set(tally.codes) <= {"OK", "RESOURCE_EXHAUSTED", "recovery_max_ms"}, tally.codes
     assert shed > 0.3 * ok, "4x the sustainable concurrency must be shed, not queued"
@@ -114,6 +126,11 @@ def test_overload_sheds_keeps_latency_and_memory_bounded_and_recovers() -> None:
     # request after the load waits behind the queue. With it, accepted requests never
     # wait for a thread; what remains is CPU contention on a small shared machine.
     assert p50 < 2.5 * DELAY, f"p50 of accepted requests {p50 * 1000:.0f} ms"
-    assert p99 < 8 * DELAY, f"p99 of accepted requests {p99 * 1000:.0f} ms"
+    # p99 is mostly the shared machine's scheduling noise: bounded by a multiple of the
+    # model time, or of the p99 the same machine showed at the sustainable load just before.
+    bound = max(8 * DELAY, 2.5 * base_p99)
+    assert p99 < bound, f"p99 {p99 * 1000:.0f} ms, bound {bound * 1000:.0f} ms"
     assert growth_mb < 16, f"server RSS grew {growth_mb:.1f} MB under steady overload"
-    assert tally.codes["recovery_max_ms"] < 3 * DELAY * 1000
+    # Recovers at once: the requests right after the load are as fast as the model (or as
+    # the sustainable-load p99 on this machine right now).
+    assert tally.codes["recovery_max_ms"] < max(3 * DELAY, base_p99) * 1000
