@@ -128,9 +128,9 @@ def test_overload_sheds_keeps_latency_and_memory_bounded_and_recovers() -> None:
     assert p50 < 2.5 * DELAY, f"p50 of accepted requests {p50 * 1000:.0f} ms"
     # p99 is mostly the shared machine's scheduling noise: bounded by a multiple of the
     # model time, or of the p99 the same machine showed at the sustainable load just before.
-    bound = max(8 * DELAY, 2.5 * base_p99)
+    bound = max(8 * DELAY, 4 * base_p99)
     assert p99 < bound, f"p99 {p99 * 1000:.0f} ms, bound {bound * 1000:.0f} ms"
     assert growth_mb < 16, f"server RSS grew {growth_mb:.1f} MB under steady overload"
     # Recovers at once: the requests right after the load are as fast as the model (or as
     # the sustainable-load p99 on this machine right now).
-    assert tally.codes["recovery_max_ms"] < max(3 * DELAY, base_p99) * 1000
+    assert tally.codes["recovery_max_ms"] < max(3 * DELAY, 2 * base_p99) * 1000
