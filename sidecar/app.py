@@ -16,6 +16,7 @@ from sidecar.models import ModelManager, RuntimeFactory
 from sidecar.server import GrpcRegistrar, Service, SidecarServer
 
 if TYPE_CHECKING:
+    from sidecar.drift import DriftMonitoring
     from sidecar.labels import Labels
     from sidecar.metrics_listener import ServerMetrics
 
@@ -38,6 +39,10 @@ class AppParts:
 
     ``model_hooks`` prepare each model version after it loads; ``annotators``
     add to OK responses (``sidecar.events``).
+
+    ``drift``: drift monitoring (reference checks at load, the tap, the worker).
+    None builds one exporting to the metrics registry; pass your own to choose
+    its clocks or worker interval.
     """
 
     listeners: list[Listener] = field(default_factory=list)
@@ -48,6 +53,7 @@ class AppParts:
     insight: Insight | None = None
     model_hooks: list[ModelHook] = field(default_factory=list)
     annotators: list[ResponseAnnotator] = field(default_factory=list)
+    drift: DriftMonitoring | None = None
 
 
 def build_server(
@@ -81,6 +87,13 @@ def build_server(
     insight = parts.insight or Insight(config, registry)
     listeners.append(insight)
     services.append(insight)
+    drift = parts.drift
+    if drift is None:
+        from sidecar.drift import DriftMonitoring
+
+        drift = DriftMonitoring(registry)
+    listeners.append(drift)
+    services.append(drift)
     repository = config.model_repository or MODEL_REPOSITORY
     # Each model runs on its own thread pool (ModelManager.executor): a hung model
     # cannot take the threads of the others.
@@ -89,7 +102,7 @@ def build_server(
         repository,
         listeners,
         runtime_factory=runtime_factory,
-        hooks=[*parts.model_hooks, insight],
+        hooks=[*parts.model_hooks, insight, drift],
     )
     plane = DataPlane(models, listeners, [*parts.annotators, insight])
     if metrics is not None:

@@ -183,6 +183,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace) -> int:
+    from sidecar.drift.cli import run
+
+    return run(args)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _describe(model: ServedModel) -> str:
     sig = model.signature
     ins = ", ".join(f"{s.name} {s.describe()}" for s in sig.inputs)
@@ -310,6 +323,40 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     comp.add_argument("--json", action="store_true", help="print the report as JSON")
     comp.set_defaults(func=_compare)
+
+    drift = sub.add_parser(
+        "drift",
+        help="test a data set for drift against a reference, offline, as the server does "
+        "(exit 0: no drift, 1: drift, 2: error)",
+        description="Test CURRENT against REFERENCE with the server's drift tests "
+        "(docs/drift-monitoring.md). Files: .npy, .npz keyed by name, or .csv with an optional "
+        "header; the same layout in both. Every element of a row is a feature. Exit status: "
+        "0 no drift, 1 drift, 2 the files could not be compared.",
+    )
+    drift.add_argument("reference", type=Path, help="reference rows: .npy, .npz or .csv")
+    drift.add_argument("current", type=Path, help="rows to test (one window), same layout")
+    drift.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    drift.add_argument("--alpha", type=_fraction, default=0.05, help="default 0.05")
+    drift.add_argument(
+        "--correction", choices=("bh", "bonferroni"), default="bh", help="default bh"
+    )
+    drift.add_argument(
+        "--tests",
+        nargs="+",
+        choices=("welch", "brown_forsythe", "chi2", "ks", "cvm"),
+        help="tests of continuous features (default: the measured default, docs/drift.md)",
+    )
+    drift.add_argument(
+        "--categorical",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="a column holding category codes (repeat for several)",
+    )
+    drift.add_argument(
+        "--min-window", type=_positive_int, default=50, help="fewest rows to test (default 50)"
+    )
+    drift.set_defaults(func=_drift)
     return parser
 
 

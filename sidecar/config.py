@@ -449,6 +449,157 @@ class LabelsConfig(_Section):
         return self
 
 
+#: Tests a drift configuration may name (detectors.drift.TestName).
+DriftTestName = Literal["welch", "brown_forsythe", "chi2", "ks", "cvm"]
+_REFERENCE_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+class DriftReductionConfig(_Section):
+    """How each watched input becomes features before testing (high-dimensional inputs)."""
+
+    method: Literal["none", "channel_stats", "random_projection"] = Field(
+        "none",
+        description="none: every element of a row is a feature; channel_stats: per-channel "
+        "mean and std of (N, C, ...) inputs; random_projection: a seeded Gaussian projection "
+        "of each flattened row to k features",
+    )
+    k: int = Field(16, ge=1, le=1024, description="random_projection: features per input")
+    seed: int = Field(
+        0, ge=0, description="random_projection: seed of the matrix (same seed, same features)"
+    )
+
+
+class DriftFleetConfig(_Section):
+    """Per-feature row counts over the reference's bins, which add up across replicas."""
+
+    enabled: bool = Field(
+        True, description="export sidecar_drift_bin_rows_total and the reference's bin ratios"
+    )
+    max_series: int = Field(
+        1024,
+        ge=2,
+        description="cap on features × bins exported per model version and scope; features "
+        "past the cap (in feature order) export no bins",
+    )
+    min_rows: int = Field(
+        1000,
+        ge=10,
+        description="adjacent bins are merged until each expects at least 5 of this many rows "
+        "(the fleet rules' minimum window)",
+    )
+    max_bins: int = Field(
+        10, ge=2, le=100, description="bins per feature at most (smallest adjacent ones merged)"
+    )
+
+
+class DriftMonitoringConfig(_Section):
+    """Drift of inputs and outputs against a reference, tested on windows of live rows.
+
+    docs/drift.md explains the tests; docs/metrics.md the exported families.
+    """
+
+    enabled: bool = Field(True, description="false keeps the section but monitors nothing")
+    reference: Path = Field(
+        description="reference rows: .npy (one input), .npz keyed by input name, or .csv "
+        "(one input, optional header row); relative paths are in the model's directory"
+    )
+    capture_rows: int | None = Field(
+        None,
+        ge=2,
+        description="when the reference file does not exist: take the first this many live "
+        "rows as the reference and write them there (a restart reuses the file)",
+    )
+    inputs: tuple[str, ...] | None = Field(None, description="inputs to watch; None: all")
+    feature_names: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="input name → one name per element of a row (default: input[index])",
+    )
+    categorical: tuple[str, ...] = Field(
+        (), description="features (by exported name) holding category codes: chi-squared only"
+    )
+    window_size: int = Field(1000, ge=2, description="rows per evaluation window (not overlapping)")
+    min_window: int = Field(
+        100, ge=2, description="fewest rows a window (and a feature) needs to be evaluated"
+    )
+    flush_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="evaluate a window this long after its first row even if not full "
+        "(low traffic); None: only full windows",
+    )
+    sample_rate: float = Field(
+        1.0, gt=0, le=1, description="share of requests whose rows are monitored"
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="significance after correction (false-alarm rate per window)"
+    )
+    correction: Literal["bonferroni", "bh"] = Field(
+        "bh", description="across features: bonferroni or bh (Benjamini-Hochberg)"
+    )
+    tests: tuple[DriftTestName, ...] | None = Field(
+        None,
+        description="tests of continuous features; None: the measured default (docs/drift.md)",
+    )
+    discrete_tests: tuple[DriftTestName, ...] | None = Field(
+        None,
+        description="tests of discrete features (few distinct reference values); None: default",
+    )
+    psi_thresholds: tuple[float, float] = Field(
+        (0.1, 0.25),
+        description="PSI levels of a moderate and a major change (reported, not tested)",
+    )
+    reduction: DriftReductionConfig = DriftReductionConfig()
+    max_features: int = Field(
+        4096, ge=1, description="features per scope; more is a load error (use a reduction)"
+    )
+    max_exported_features: int = Field(
+        100,
+        ge=1,
+        description="features per scope with per-feature series (the first ones); all are tested",
+    )
+    outputs: bool = Field(True, description="also test the model's outputs (scope outputs)")
+    queue_rows: int = Field(
+        65536, ge=1, description="sampled rows waiting for the drift worker; more are dropped"
+    )
+    fleet: DriftFleetConfig = DriftFleetConfig()
+
+    @field_validator("reference")
+    @classmethod
+    def _suffix(cls, value: Path) -> Path:
+        if value.suffix.lower() not in _REFERENCE_SUFFIXES:
+            raise ValueError(
+                f"reference must be a {', '.join(_REFERENCE_SUFFIXES)} file, got {str(value)!r}"
+            )
+        return value
+
+    @field_validator("tests", "discrete_tests")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("tests must be a non-empty list of distinct test names")
+        return value
+
+    @field_validator("psi_thresholds")
+    @classmethod
+    def _psi(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError("psi_thresholds must be [moderate, major] with 0 <= moderate <= major")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DriftMonitoringConfig:
+        if self.min_window > self.window_size:
+            raise ValueError(
+                f"min_window ({self.min_window}) must not exceed window_size ({self.window_size})"
+            )
+        if self.capture_rows is not None and self.capture_rows < self.min_window:
+            raise ValueError(
+                f"capture_rows ({self.capture_rows}) must be at least min_window "
+                f"({self.min_window})"
+            )
+        return self
+
+
 class MonitoringConfig(_Section):
     """What the server watches for this model."""
 
@@ -458,6 +609,7 @@ class MonitoringConfig(_Section):
     classification: ClassificationConfig | None = None
     regression: RegressionConfig | None = None
     labels: LabelsConfig = LabelsConfig()
+    drift: DriftMonitoringConfig | None = None
 
     @model_validator(mode="after")
     def _task_section(self) -> MonitoringConfig:

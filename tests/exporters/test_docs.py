@@ -18,10 +18,11 @@ from tritonclient.utils import InferenceServerException
 
 from exporters.gpu import GpuCollector
 from sidecar.app import AppParts
+from sidecar.examples import MODEL_REPOSITORY
 from sidecar.metrics_listener import ServerMetrics
 from tests.exporters.conftest import copy_examples
 from tests.exporters.fakes import FakeGpu, FakeNvml, FakeTorchCuda
-from tests.exporters.scrape import Scrape, scrape
+from tests.exporters.scrape import Scrape, scrape, wait_for
 from tests.exporters.traffic import send_example_traffic
 from tests.helpers import running_server, server_config
 
@@ -131,8 +132,29 @@ def live_scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
         inp.set_data_from_numpy(x)
         with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED"):
             client.infer("digits", [inp])
+        fill_drift_window(client, rows=400, batch=8)  # the digits example's window
         client.close()
+        wait_for(
+            lambda: (
+                scrape(metrics.http.port).value(
+                    "sidecar_drift_evaluations_total", model="digits", version="1", scope="inputs"
+                )
+                == 1
+            ),
+            what="a drift evaluation of digits",
+        )
         yield scrape(metrics.http.port)
+
+
+def fill_drift_window(client: triton.InferenceServerClient, rows: int, batch: int) -> None:
+    """Send ``rows`` hold-out rows to digits, ``batch`` rows per request."""
+    holdout = np.load(MODEL_REPOSITORY / "digits" / "holdout_features.npy").astype(np.float32)
+    x = holdout[np.arange(rows) % len(holdout)]
+    for start in range(0, rows, batch):
+        part = x[start : start + batch]
+        inp = triton.InferInput("input", list(part.shape), "FP32")
+        inp.set_data_from_numpy(part)
+        client.infer("digits", [inp])
 
 
 def test_doc_table_is_parsed() -> None:

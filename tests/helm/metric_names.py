@@ -13,13 +13,7 @@ METRICS_DOC = ROOT / "docs" / "metrics.md"
 #: the issue that adds them. They come from shared/design/METRICS.md and the
 #: branches in progress. When a name lands in docs/metrics.md a test says to take
 #: it out of here; when the documented name differs, fix the rules and dashboards.
-PENDING: dict[str, str] = {
-    "sidecar_drift_detected": "#6 drift",
-    "sidecar_drift_evaluations_total": "#6 drift",
-    "sidecar_drift_last_evaluation_timestamp_seconds": "#6 drift",
-    "sidecar_drift_features_drifted": "#6 drift",
-    "sidecar_drift_p_value": "#6 drift",
-}
+PENDING: dict[str, str] = {}
 
 
 def metric_names(expressions: Iterable[str]) -> set[str]:

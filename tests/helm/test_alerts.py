@@ -19,14 +19,38 @@ UNIT_TESTS = Path(__file__).with_name("alerts_test.yaml")
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 
-def rules() -> list[dict[str, Any]]:
+def all_rules() -> list[dict[str, Any]]:
+    """Every rule of the file: recording rules and alerts."""
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
 
 
+def rules() -> list[dict[str, Any]]:
+    """The alerting rules."""
+    return [rule for rule in all_rules() if "alert" in rule]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    """The recording rules (the fleet-wide drift statistics)."""
+    return [rule for rule in all_rules() if "record" in rule]
+
+
 def test_rules_file_is_valid(promtool: str) -> None:
     out = run_promtool(promtool, "check", "rules", str(ALERTS))
-    assert f"SUCCESS: {len(rules())} rules found" in out
+    assert f"SUCCESS: {len(all_rules())} rules found" in out
+
+
+def test_recording_rules_follow_the_naming_convention() -> None:
+    """level:metric:operations, recorded before use, each checked by a promtool unit test."""
+    tests = UNIT_TESTS.read_text()
+    names = [rule["record"] for rule in recording_rules()]
+    assert names, "the fleet drift rules are recording rules"
+    for name in names:
+        assert re.fullmatch(r"sidecar:[a-z0-9_]+(:[a-z0-9_]+)?", name), name
+    used = {n for rule in all_rules() for n in re.findall(r"sidecar:[a-z0-9_:]+", rule["expr"])}
+    assert used <= set(names), f"rules read recorded series nobody records: {used - set(names)}"
+    tested = {n for n in names if n in tests}
+    assert {"sidecar:drift_fleet_chi2:1h", "sidecar:drift_fleet_psi:1h"} <= tested
 
 
 def test_each_alert_fires_and_stays_silent_in_promtool_unit_tests(promtool: str) -> None:
@@ -89,5 +113,5 @@ def test_every_alert_has_a_runbook() -> None:
 
 
 def test_rules_use_only_documented_metric_names() -> None:
-    used = metric_names.metric_names(rule["expr"] for rule in rules())
+    used = metric_names.metric_names(rule["expr"] for rule in all_rules())
     metric_names.check(used, metric_names.PENDING)

@@ -16,7 +16,7 @@ from sidecar.app import AppParts
 from sidecar.examples import MODEL_REPOSITORY
 from sidecar.metrics_listener import ServerMetrics
 from tests.exporters.traffic import send_example_traffic
-from tests.helm.test_alerts import ALERTS, rules
+from tests.helm.test_alerts import ALERTS, all_rules
 from tests.helm.test_dashboards import dashboards, panels
 from tests.helpers import running_server, server_config
 from tests.prom import Prometheus, prometheus
@@ -72,9 +72,10 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
         prom.wait_for('sum(sidecar_inference_requests_total{code="OK"})', lambda v: v == 24)
         prom.wait_for_next_scrape("sidecar")
 
-        # Every alert rule loaded and evaluates on real series without an error.
-        loaded = _wait_for_rules(prom, len(rules()))
-        assert sorted(r["name"] for r in loaded) == sorted(r["alert"] for r in rules())
+        # Every rule loaded and evaluates on real series without an error.
+        loaded = _wait_for_rules(prom, len(all_rules()))
+        names = [r.get("alert") or r["record"] for r in all_rules()]
+        assert sorted(r["name"] for r in loaded) == sorted(names)
         for rule in loaded:
             assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
 

@@ -1,0 +1,259 @@
+"""Serving latency while the drift worker evaluates a large window, versus without.
+
+One server process serves the digits ONNX model (64 float inputs) with drift
+monitoring on a reference of 5,000 N(0, 1) rows and windows of ``--window``
+rows (default 100,000 × 64 features). Inside the server, a feeder thread offers
+``--window`` rows at a time to the model's drift monitor through the same
+``ModelMonitor.offer`` the tap calls, so the drift worker keeps assembling and
+scoring full windows back to back, exactly as it would under heavy traffic.
+(Feeding the rows in-process keeps the network and decoding cost of 100,000
+rows out of the comparison: what is measured is the evaluation.)
+
+This process is the client: ``--clients`` closed-loop gRPC clients send
+single-row requests for ``--seconds`` per run. Runs alternate between feeder off
+and feeder on (``--pairs`` times), so a noisy shared machine affects both
+modes alike; the figure to quote is the ratio of p99 latencies within each
+pair, and their median.
+
+    python benchmarks/drift_offpath.py [--pairs 5] [--seconds 10] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FEATURES = 64
+
+
+# --------------------------------------------------------------------------- server side
+
+
+def serve(window: int) -> None:
+    """The server process: digits with drift on a N(0,1) reference; a feeder toggled on stdin."""
+    import asyncio
+
+    from sidecar.app import AppParts, build_server
+    from sidecar.config import ServerConfig
+    from sidecar.drift import DriftMonitoring
+    from sidecar.examples import MODEL_REPOSITORY
+    from sidecar.metrics_listener import ServerMetrics
+
+    rng = np.random.default_rng(0)
+    repository = Path(tempfile.mkdtemp(prefix="drift-bench-"))
+    model_dir = repository / "digits"
+    shutil.copytree(MODEL_REPOSITORY / "digits" / "1", model_dir / "1")
+    np.save(model_dir / "reference.npy", rng.standard_normal((5000, FEATURES)).astype(np.float32))
+    (model_dir / "config.yaml").write_text(
+        "monitoring:\n"
+        "  drift:\n"
+        "    reference: reference.npy\n"
+        f"    window_size: {window}\n"
+        "    outputs: false\n"
+        f"    queue_rows: {2 * window}\n"
+    )
+    config = ServerConfig.model_validate(
+        {
+            "model_repository": str(repository),
+            "device": "cpu",
+            "grpc": {"host": "127.0.0.1", "port": 0},
+            "metrics": {"host": "127.0.0.1", "port": 0},
+            "logging": {"level": "WARNING"},
+        }
+    )
+    metrics = ServerMetrics(config.metrics)
+    drift = DriftMonitoring(metrics.registry)
+    server = build_server(config, AppParts(metrics=metrics, drift=drift))
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
+    monitor = next(iter(drift.worker.monitors().values()))
+    rows = rng.standard_normal((window, FEATURES)).astype(np.float32)
+    feeding = threading.Event()
+    busy = threading.Lock()  # held while the worker processes the monitor
+    process = monitor.process
+
+    def tracked() -> None:
+        with busy:
+            process()
+
+    monitor.process = tracked  # type: ignore[method-assign]
+
+    def feeder() -> None:
+        while True:
+            feeding.wait()
+            if monitor.queued_rows < window:
+                monitor.offer({"input": rows}, None, window)
+            time.sleep(0.01)
+
+    threading.Thread(target=feeder, daemon=True).start()
+    print(json.dumps({"grpc": server.port, "metrics": metrics.http.port}), flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "on":
+            feeding.set()
+        elif command == "off":  # and wait until the worker is idle
+            feeding.clear()
+            while monitor.queued_rows:
+                time.sleep(0.05)
+            with busy:
+                pass
+        elif command == "quit":
+            break
+        print("ok", flush=True)
+    asyncio.run_coroutine_threadsafe(server.stop(grace=1.0), loop).result(120)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def scrape_evaluations(port: int) -> tuple[float, float]:
+    """(evaluations so far, total evaluation seconds) from the server's /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sidecar_drift_evaluation_duration_seconds_count":
+                count += sample.value
+            elif sample.name == "sidecar_drift_evaluation_duration_seconds_sum":
+                total += sample.value
+    return count, total
+
+
+def measure(address: str, clients: int, seconds: float) -> list[float]:
+    """Latencies (seconds) of single-row requests from ``clients`` closed-loop clients."""
+    import tritonclient.grpc as triton
+
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    deadline = time.perf_counter() + seconds
+
+    def run(index: int) -> None:
+        client = triton.InferenceServerClient(address)
+        rng = np.random.default_rng(index)
+        x = rng.standard_normal((1, FEATURES)).astype(np.float32)
+        inp = triton.InferInput("input", [1, FEATURES], "FP32")
+        inp.set_data_from_numpy(x)
+        out = latencies[index]
+        while (now := time.perf_counter()) < deadline:
+            client.infer("digits", [inp])
+            out.append(time.perf_counter() - now)
+        client.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for part in latencies for x in part]
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.2f}; "
+        f"Python {platform.python_version()}, numpy {np.__version__}, "
+        f"scipy {metadata.version('scipy')}, onnxruntime {metadata.version('onnxruntime')}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=5, help="off/on run pairs (default 5)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per run (default 10)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    parser.add_argument("--window", type=int, default=100_000, help="rows (default 100000)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.window)
+        return
+
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--window", str(args.window)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        ports = json.loads(server.stdout.readline())
+        address = f"127.0.0.1:{ports['grpc']}"
+
+        def command(text: str) -> None:
+            assert server.stdin is not None and server.stdout is not None
+            server.stdin.write(text + "\n")
+            server.stdin.flush()
+            server.stdout.readline()
+
+        measure(address, args.clients, 2.0)  # warm up
+        print(f"machine: {machine()}")
+        print(
+            f"window {args.window} × {FEATURES}, {args.clients} clients, "
+            f"{args.seconds:g} s per run, {args.pairs} pairs\n"
+        )
+        print(
+            "| pair | p50 off ms | p50 on ms | p99 off ms | p99 on ms | p99 on/off "
+            "| req/s off | req/s on | evaluations in the on run (mean s each) |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        ratios = []
+        for pair in range(1, args.pairs + 1):
+            figures = {}
+            for mode in ("off", "on"):
+                command(mode)
+                if mode == "on":  # let the worker start on a full window first
+                    time.sleep(1.0)
+                before = scrape_evaluations(ports["metrics"])
+                lat = np.array(measure(address, args.clients, args.seconds))
+                after = scrape_evaluations(ports["metrics"])
+                command("off")  # returns once the worker is idle
+                figures[mode] = (
+                    np.percentile(lat, 50) * 1000,
+                    np.percentile(lat, 99) * 1000,
+                    lat.size / args.seconds,
+                    after[0] - before[0],
+                    (after[1] - before[1]) / max(after[0] - before[0], 1),
+                )
+            off, on = figures["off"], figures["on"]
+            ratio = on[1] / off[1]
+            ratios.append(ratio)
+            print(
+                f"| {pair} | {off[0]:.2f} | {on[0]:.2f} | {off[1]:.2f} | {on[1]:.2f} | "
+                f"{ratio:.2f} | {off[2]:.0f} | {on[2]:.0f} | {on[3]:.0f} ({on[4]:.2f} s) |"
+            )
+        print(f"\nmedian p99 ratio (on/off): {statistics.median(ratios):.2f}")
+        command("quit")
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
