@@ -77,7 +77,7 @@ class Harness:
             self.registry, clock=lambda: 1.7e9 + self.now[0], monotonic=lambda: self.now[0]
         )
         self.manager = ModelManager(
-            ServerConfig(), repository, [self.drift], preparers=[self.drift]
+            ServerConfig(), repository, [self.drift], hooks=[self.drift]
         )
 
     def add(
