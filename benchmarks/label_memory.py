@@ -83,6 +83,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="label-memory-"))
     try:
         shutil.copytree(MODEL_REPOSITORY / "digits", work / "models" / "digits")
+        # Measure the label store alone: the example's drift monitoring has its own
+        # bound (drift.queue_rows sampled rows waiting for the worker, up to tens of MB
+        # while a flood outruns the worker), which is not what this benchmark is about.
+        model_config = work / "models" / "digits" / "config.yaml"
+        settings = yaml.safe_load(model_config.read_text())
+        settings["monitoring"].pop("drift", None)
+        model_config.write_text(yaml.safe_dump(settings))
         config = work / "sidecar.yaml"
         config.write_text(
             yaml.safe_dump(
