@@ -9,7 +9,13 @@ scoring full windows back to back, exactly as it would under heavy traffic.
 (Feeding the rows in-process keeps the network and decoding cost of 100,000
 rows out of the comparison: what is measured is the evaluation.)
 
-This process is the client: ``--clients`` closed-loop gRPC clients send
+Part 1 shows where the GIL is during one evaluation: ``DriftDetector.score`` on
+the same window runs in this process while a second thread spins in pure
+Python; every C call of the evaluation longer than 5 ms is listed with whether
+the spinning thread made progress during it (it can only if the call released
+the GIL).
+
+Part 2: this process is the client: ``--clients`` closed-loop gRPC clients send
 single-row requests for ``--seconds`` per run. Runs alternate between feeder off
 and feeder on (``--pairs`` times), so a noisy shared machine affects both
 modes alike; the figure to quote is the ratio of p99 latencies within each
@@ -168,6 +174,55 @@ def measure(address: str, clients: int, seconds: float) -> list[float]:
     return [x for part in latencies for x in part]
 
 
+def gil_probe(window: int, repeat: int = 3) -> None:
+    """Part 1: C calls of one evaluation longer than 5 ms, and whether they released the GIL."""
+    from detectors.drift import DriftDetector
+    from detectors.reference import Reference
+
+    rng = np.random.default_rng(0)
+    names = [f"x[{i}]" for i in range(FEATURES)]
+    detector = DriftDetector(Reference.fit(rng.standard_normal((5000, FEATURES)), names))
+    rows = rng.standard_normal((window, FEATURES))
+    ticks = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            ticks[0] += 1
+
+    calls: list[tuple[float, int]] = []
+    open_calls: list[tuple[float, int]] = []
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "c_call":
+            open_calls.append((time.perf_counter(), ticks[0]))
+        elif event in ("c_return", "c_exception") and open_calls:
+            started, before = open_calls.pop()
+            calls.append((time.perf_counter() - started, ticks[0] - before))
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    print(
+        "| run | evaluation s | C calls > 5 ms | their total s | of which held the GIL | held s |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for run in range(1, repeat + 1):
+        calls.clear()
+        sys.setprofile(profile)
+        started = time.perf_counter()
+        detector.score(rows)
+        total = time.perf_counter() - started
+        sys.setprofile(None)
+        long = [c for c in calls if c[0] > 0.005]
+        held = [c for c in long if c[1] == 0]
+        print(
+            f"| {run} | {total:.2f} | {len(long)} | {sum(c[0] for c in long):.2f} | "
+            f"{len(held)} | {sum(c[0] for c in held):.3f} |"
+        )
+    stop.set()
+    spinner.join()
+
+
 def machine() -> str:
     cpu = platform.machine()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -212,7 +267,10 @@ def main() -> None:
             server.stdout.readline()
 
         measure(address, args.clients, 2.0)  # warm up
-        print(f"machine: {machine()}")
+        print(f"machine: {machine()}\n")
+        print(f"Part 1: one evaluation of {args.window} x {FEATURES}, C calls and the GIL\n")
+        gil_probe(args.window)
+        print("\nPart 2: serving latency, drift evaluations off and on\n")
         print(
             f"window {args.window} × {FEATURES}, {args.clients} clients, "
             f"{args.seconds:g} s per run, {args.pairs} pairs\n"
@@ -223,6 +281,7 @@ def main() -> None:
         )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         ratios = []
+        pooled: dict[str, list[np.ndarray]] = {"off": [], "on": []}
         for pair in range(1, args.pairs + 1):
             figures = {}
             for mode in ("off", "on"):
@@ -231,6 +290,7 @@ def main() -> None:
                     time.sleep(1.0)
                 before = scrape_evaluations(ports["metrics"])
                 lat = np.array(measure(address, args.clients, args.seconds))
+                pooled[mode].append(lat)
                 after = scrape_evaluations(ports["metrics"])
                 command("off")  # returns once the worker is idle
                 figures[mode] = (
@@ -247,7 +307,14 @@ def main() -> None:
                 f"| {pair} | {off[0]:.2f} | {on[0]:.2f} | {off[1]:.2f} | {on[1]:.2f} | "
                 f"{ratio:.2f} | {off[2]:.0f} | {on[2]:.0f} | {on[3]:.0f} ({on[4]:.2f} s) |"
             )
-        print(f"\nmedian p99 ratio (on/off): {statistics.median(ratios):.2f}")
+        off_all, on_all = (np.concatenate(pooled[m]) * 1000 for m in ("off", "on"))
+        print(f"\nmedian of the pairs' p99 ratios (on/off): {statistics.median(ratios):.2f}")
+        for q in (50, 99, 99.9):
+            off_q, on_q = np.percentile(off_all, q), np.percentile(on_all, q)
+            print(
+                f"all runs pooled, p{q:g}: off {off_q:.2f} ms, on {on_q:.2f} ms, "
+                f"ratio {on_q / off_q:.2f}"
+            )
         command("quit")
     finally:
         if server.poll() is None:

@@ -511,7 +511,7 @@ class DriftMonitoringConfig(_Section):
     )
     inputs: tuple[str, ...] | None = Field(None, description="inputs to watch; None: all")
     feature_names: dict[str, tuple[str, ...]] = Field(
-        default_factory=dict,
+        {},
         description="input name → one name per element of a row (default: input[index])",
     )
     categorical: tuple[str, ...] = Field(

@@ -342,6 +342,54 @@ def quality() -> dash.Dashboard:
             log=True,
         )
     )
+    board = board.with_panel(
+        _series(
+            "Fleet drift z-score per feature",
+            "All replicas' rows of the last hour against the reference's bins: the "
+            "chi-squared statistic as a z-score (about N(0, 1) without drift; "
+            "SidecarFleetDrift fires above 4.75 with PSI >= 0.1). Recording rules of the chart.",
+            "none",
+            [
+                _query(
+                    f"max by (model, scope, feature) (sidecar:drift_fleet_chi2_z:1h{{{SEL}}})",
+                    "{{model}} {{scope}} {{feature}}",
+                )
+            ],
+        )
+    )
+    board = board.with_panel(
+        _series(
+            "Fleet PSI per feature",
+            "Population stability index of all replicas' rows of the last hour against the "
+            "reference (0.1: moderate change, 0.25: major).",
+            "none",
+            [
+                _query(
+                    f"max by (model, scope, feature) (sidecar:drift_fleet_psi:1h{{{SEL}}})",
+                    "{{model}} {{scope}} {{feature}}",
+                )
+            ],
+        )
+    )
+    board = board.with_panel(
+        _series(
+            "Drift evaluations",
+            "Windows evaluated per hour, and windows skipped (too few rows at a flush, errors).",
+            "short",
+            [
+                _query(
+                    "sum by (model, scope) "
+                    f"(increase(sidecar_drift_evaluations_total{{{SEL}}}[1h]))",
+                    "{{model}} {{scope}} evaluated",
+                ),
+                _query(
+                    "sum by (model, reason) "
+                    f"(increase(sidecar_drift_windows_skipped_total{{{SEL}}}[1h]))",
+                    "{{model}} skipped: {{reason}}",
+                ),
+            ],
+        )
+    )
     board = board.with_row(dash.Row("Outputs"))
     predictions = f"sidecar_predictions_total{{{SEL}}}"
     board = board.with_panel(

@@ -24,7 +24,7 @@ from tests.prom import Prometheus, prometheus
 #: Grafana's variables as Grafana would send them with "All" selected.
 VARIABLES = {"$__rate_interval": "1m", "$model": ".*", "$version": ".*"}
 #: Panels that must show data once the server has served classification and
-#: regression requests (no GPU here, no drift or label metrics yet: issues 6, 7).
+#: regression requests (no GPU here; too few rows for a drift window; no labels sent).
 CORE = {
     "overview": {
         "Requests/s",
