@@ -168,7 +168,7 @@ class ThreadsConfig(_Section):
 
     executor_workers: int = Field(4, ge=1, description="threads that run models")
     inline_max_us: int = Field(
-        100,
+        250,
         ge=0,
         description="model calls measured faster than this run on the event loop, where "
         "they cost less than a thread hand-off; 0: always in a thread",

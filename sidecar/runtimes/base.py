@@ -128,12 +128,14 @@ class InlinePolicy:
       a thread overstates a call's cost too when threads compete for the
       cores: onnxruntime's caller thread spins while its pool threads wait
       for a core. The probe measures the real thing.)
-    - Three inline calls in a row that took ``max_seconds`` or more, or one
-      that took ``PROBE_FACTOR`` times that, demote their size and double the
-      back-off (1 s up to 60 s). One slow call alone is usually the process
-      being preempted on a busy machine, not the model; a model that really
-      is slow without using CPU (waiting on a GPU, say) blocks the loop for a
-      few calls per back-off period at most.
+    - An inline call is slow when it used ``max_seconds`` of CPU or more, or
+      held the loop for ``PROBE_FACTOR`` times that (a model waiting on a
+      GPU uses little CPU but still blocks). Wall time alone is not the test:
+      on a busy machine a 6 µs call often takes 100 µs of wall time because
+      the process was preempted, and handing it to a thread would not help.
+      Three slow inline calls in a row demote their size and double the
+      back-off (1 s up to 60 s), so a model that really is slow blocks the
+      loop for three calls per back-off period at most.
 
     ``max_seconds = 0`` disables inline calls.
     """
@@ -156,15 +158,15 @@ class InlinePolicy:
             size <= self._candidate_elements and now >= self._retry_at
         )
 
-    def ran_inline(self, size: int, seconds: float, now: float) -> None:
-        """Learn from a call that ran on the event loop (wall time)."""
-        if seconds < self.max_seconds:
+    def ran_inline(self, size: int, wall: float, cpu: float, now: float) -> None:
+        """Learn from a call that ran on the event loop (wall and this thread's CPU time)."""
+        if cpu < self.max_seconds and wall < self.max_seconds * self.PROBE_FACTOR:
             self.inline_elements = max(self.inline_elements, size)
             self._backoff = self.BACKOFF_SECONDS[0]
             self._slow = 0
             return
         self._slow += 1
-        if self._slow < self.SLOW_CALLS and seconds < self.max_seconds * self.PROBE_FACTOR:
+        if self._slow < self.SLOW_CALLS:
             return
         self._slow = 0
         self.inline_elements = min(self.inline_elements, size - 1)
@@ -208,9 +210,11 @@ class ExecutorRuntime:
         policy = self._policy
         started = time.perf_counter()
         if policy.inline(size, started):
+            cpu = time.thread_time()
             outputs = fn(inputs)
+            cpu = time.thread_time() - cpu
             now = time.perf_counter()
-            policy.ran_inline(size, now - started, now)
+            policy.ran_inline(size, now - started, cpu, now)
             return outputs
         loop = asyncio.get_running_loop()
         outputs, wall, cpu = await loop.run_in_executor(self._executor, _timed, fn, inputs)
