@@ -9,6 +9,10 @@ scoring full windows back to back, exactly as it would under heavy traffic.
 (Feeding the rows in-process keeps the network and decoding cost of 100,000
 rows out of the comparison: what is measured is the evaluation.)
 
+Part 0 times the tap on the request path (``DriftMonitoring.on_request``) for
+requests of 1, 64 and 4,096 rows of 64 features (inputs and outputs watched):
+it should not depend on the size.
+
 Part 1 shows where the GIL is during one evaluation: ``DriftDetector.score`` on
 the same window runs in this process while a second thread spins in pure
 Python; every C call of the evaluation longer than 5 ms is listed with whether
@@ -174,6 +178,57 @@ def measure(address: str, clients: int, seconds: float) -> list[float]:
     return [x for part in latencies for x in part]
 
 
+def tap_cost(iterations: int = 20000, repeat: int = 5) -> None:
+    """Part 0: µs per ``on_request`` call, the request path's whole drift cost.
+
+    The queue is not drained while timing: it holds ``iterations`` references to the
+    same arrays (a few MB of list entries), and the worker's cost is measured in part 2.
+    """
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.config import ModelConfig, ServerConfig
+    from sidecar.drift import DriftMonitoring
+    from sidecar.events import RequestRecord
+    from sidecar.models import ModelManager
+    from sidecar.runtimes.fakes import SumRuntime
+
+    rng = np.random.default_rng(0)
+    repository = Path(tempfile.mkdtemp(prefix="drift-tap-"))
+    (repository / "m").mkdir()
+    np.save(repository / "m" / "reference.npy", rng.standard_normal((5000, FEATURES)))
+    print("| request | sample_rate | µs per call (fastest run) | µs (median run) |")
+    print("|---|---:|---:|---:|")
+    for rate in (1.0, 0.1):
+        for rows in (1, 64, 4096):
+            x = rng.standard_normal((rows, FEATURES)).astype(np.float32)
+            runs = []
+            for _ in range(repeat):
+                drift = DriftMonitoring(CollectorRegistry())
+                manager = ModelManager(ServerConfig(), repository, [drift], preparers=[drift])
+                settings = {"reference": "reference.npy", "sample_rate": rate, "queue_rows": 10**12}
+                config = ModelConfig.model_validate({"monitoring": {"drift": settings}})
+                model = asyncio.run(
+                    manager.add(
+                        "m", "1", config, SumRuntime(FEATURES), repository / "m" / "1" / "x"
+                    )
+                )
+                assert model.ready, model.error
+                outputs = asyncio.run(model.runtime.predict({"x": x}))
+                record = RequestRecord(model, "id", "OK", rows, 0.001, 0.0, {"x": x}, outputs)
+                on_request = drift.on_request
+                started = time.perf_counter_ns()
+                for _ in range(iterations):
+                    on_request(record)
+                runs.append((time.perf_counter_ns() - started) / iterations / 1000)
+            print(
+                f"| OK, {rows} rows × {FEATURES} | {rate:g} | {min(runs):.2f} | "
+                f"{statistics.median(runs):.2f} |"
+            )
+    shutil.rmtree(repository)
+
+
 def gil_probe(window: int, repeat: int = 3) -> None:
     """Part 1: C calls of one evaluation longer than 5 ms, and whether they released the GIL."""
     from detectors.drift import DriftDetector
@@ -268,7 +323,9 @@ def main() -> None:
 
         measure(address, args.clients, 2.0)  # warm up
         print(f"machine: {machine()}\n")
-        print(f"Part 1: one evaluation of {args.window} x {FEATURES}, C calls and the GIL\n")
+        print("Part 0: the tap on the request path\n")
+        tap_cost()
+        print(f"\nPart 1: one evaluation of {args.window} x {FEATURES}, C calls and the GIL\n")
         gil_probe(args.window)
         print("\nPart 2: serving latency, drift evaluations off and on\n")
         print(

@@ -95,7 +95,7 @@ def cauchy_combination(
         raise InvalidInputError("p-values must be finite and in [0, 1]")
     p = np.moveaxis(p, axis, -1)
     w = _check_weights(weights, p.shape[-1])
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):  # p = 0 or subnormal: an infinite term
         terms = np.where(
             p < _CAUCHY_SMALL_P,
             1.0 / (np.maximum(p, 0.0) * np.pi),

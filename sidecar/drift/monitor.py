@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -246,10 +246,8 @@ class Capture:
     inputs: tuple[str, ...]  # the model inputs written to the file
     input_features: FeatureMap
     output_features: FeatureMap | None
-
-    def __post_init__(self) -> None:
-        self.parts: list[tuple[Tensors, Tensors | None]] = []
-        self.have = 0
+    parts: list[tuple[Tensors, Tensors | None]] = field(default_factory=list)
+    have: int = 0  # rows collected so far
 
 
 @dataclass(slots=True)
@@ -378,12 +376,6 @@ class ModelMonitor:
             self._add(items, now)
         flush = self.config.flush_seconds
         if flush is not None and self._filled and now - self._window_started >= flush:
-            self._close()
-
-    def flush(self) -> None:
-        """Close the current window now (evaluated when it has min_window rows)."""
-        self.process()
-        if self._filled:
             self._close()
 
     def _add(self, items: list[_Item], now: float) -> None:

@@ -252,3 +252,18 @@ def test_unloading_a_model_removes_its_series(harness: Harness) -> None:
     ):
         assert harness.samples(family, model="m") == {}
     assert harness.drift.worker.monitors() == {}
+
+
+def test_an_extreme_window_is_evaluated_without_warnings(harness: Harness) -> None:
+    """p-values that underflow to subnormals (a huge shift) still combine to p = 0, silently
+    (pytest turns warnings into errors: an evaluation that warned would be skipped)."""
+    from detectors.correction import cauchy_combination
+
+    combined = cauchy_combination(np.array([[5e-324, 0.5], [0.0, 0.3]]), np.array([0.8, 0.2]))
+    assert combined.tolist() == [0.0, 0.0]
+    model = load(harness, outputs=False)
+    send(harness, model, rows(100, 12, shift=40.0))
+    harness.process()
+    labels = {"model": "m", "version": "1", "scope": "inputs"}
+    assert harness.value("sidecar_drift_detected", **labels) == 1
+    assert harness.value("sidecar_drift_features_drifted", **labels) == WIDTH
