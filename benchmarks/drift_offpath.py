@@ -25,7 +25,7 @@ and feeder on (``--pairs`` times), so a noisy shared machine affects both
 modes alike; the figure to quote is the ratio of p99 latencies within each
 pair, and their median.
 
-    python benchmarks/drift_offpath.py [--pairs 5] [--seconds 10] [--clients 4]
+    python benchmarks/drift_offpath.py [--pairs 5] [--seconds 10] [--clients 4] [--priority idle]
 """
 
 from __future__ import annotations
@@ -49,13 +49,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sidecar.drift.worker import Priority  # noqa: E402
+
 FEATURES = 64
 
 
 # --------------------------------------------------------------------------- server side
 
 
-def serve(window: int) -> None:
+def serve(window: int, priority: Priority) -> None:
     """The server process: digits with drift on a N(0,1) reference; a feeder toggled on stdin."""
     import asyncio
 
@@ -88,7 +90,7 @@ def serve(window: int) -> None:
         }
     )
     metrics = ServerMetrics(config.metrics)
-    drift = DriftMonitoring(metrics.registry)
+    drift = DriftMonitoring(metrics.registry, priority=priority)
     server = build_server(config, AppParts(metrics=metrics, drift=drift))
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -297,14 +299,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per run (default 10)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     parser.add_argument("--window", type=int, default=100_000, help="rows (default 100000)")
+    parser.add_argument(
+        "--priority",
+        choices=("idle", "nice", "normal"),
+        default="idle",
+        help="the drift worker's scheduling: SCHED_IDLE (the server's default), nice 19, "
+        "or unchanged",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.window)
+        serve(args.window, args.priority)
         return
 
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--window", str(args.window)],
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            "--window",
+            str(args.window),
+            "--priority",
+            args.priority,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -329,7 +346,8 @@ def main() -> None:
         gil_probe(args.window)
         print("\nPart 2: serving latency, drift evaluations off and on\n")
         print(
-            f"window {args.window} × {FEATURES}, {args.clients} clients, "
+            f"window {args.window} × {FEATURES}, drift worker priority {args.priority}, "
+            f"{args.clients} clients, "
             f"{args.seconds:g} s per run, {args.pairs} pairs\n"
         )
         print(

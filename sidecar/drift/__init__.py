@@ -28,7 +28,7 @@ from exporters.drift import DriftCollector
 from sidecar.config import DriftMonitoringConfig
 from sidecar.drift.features import input_features, output_features
 from sidecar.drift.reference import bind_reference, read_reference
-from sidecar.drift.worker import DriftWorker
+from sidecar.drift.worker import DriftWorker, Priority
 from sidecar.errors import ModelLoadError
 from sidecar.events import BaseListener, RequestRecord
 from sidecar.models import ServedModel
@@ -66,11 +66,12 @@ class DriftMonitoring(BaseListener):
         registry: CollectorRegistry,
         *,
         interval: float = 0.05,
+        priority: Priority = "idle",
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
     ) -> None:
         self.collector = DriftCollector(registry)
-        self.worker = DriftWorker(interval)
+        self.worker = DriftWorker(interval, priority)
         self._clock = clock
         self._monotonic = monotonic
         self._prepared: dict[ServedModel, ModelMonitor] = {}

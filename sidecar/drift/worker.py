@@ -6,9 +6,12 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
+
+#: Scheduling of the worker thread: SCHED_IDLE, nice 19, or unchanged.
+Priority = Literal["idle", "nice", "normal"]
 
 
 class Monitor(Protocol):
@@ -34,14 +37,16 @@ class DriftWorker:
 
     Evaluations are CPU work beside serving. The heavy parts (sorting, sums,
     searchsorted over whole columns) are numpy calls that release the GIL, and
-    the thread lowers its own scheduling priority (``nice``, Linux) so that the
-    event loop and the model threads win the CPU whenever they want it
+    the thread lowers its own scheduling priority so that the event loop and
+    the model threads get the CPU whenever they want it: ``idle`` (the default)
+    is Linux's SCHED_IDLE policy for this thread alone (it runs only on CPU time
+    nothing else wants), falling back to ``nice`` 19; ``normal`` leaves it as is
     (docs/benchmarks.md, "Drift evaluation off the request path").
     """
 
-    def __init__(self, interval: float = 0.05, nice: int = 19) -> None:
+    def __init__(self, interval: float = 0.05, priority: Priority = "idle") -> None:
         self._interval = interval
-        self._nice = nice
+        self._priority = priority
         self._monitors: dict[tuple[str, str], Monitor] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -85,11 +90,22 @@ class DriftWorker:
             self._stop.set()
             thread.join(60)
 
-    def _run(self) -> None:
-        if self._nice and hasattr(os, "setpriority"):
-            try:  # Linux: the nice value of this thread alone
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+    def _lower_priority(self) -> None:
+        """Make this thread run only on CPU time serving does not want (Linux, per thread)."""
+        tid = threading.get_native_id()
+        if self._priority == "idle" and hasattr(os, "SCHED_IDLE"):
+            try:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+                return
+            except OSError as exc:
+                log.info("drift worker: SCHED_IDLE refused (%s); using nice 19", exc)
+        if self._priority != "normal" and hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, 19)
             except OSError as exc:
                 log.warning("drift worker: cannot lower its priority: %s", exc)
+
+    def _run(self) -> None:
+        self._lower_priority()
         while not self._stop.wait(self._interval):
             self.run_once()
