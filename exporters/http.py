@@ -13,6 +13,11 @@ once; more get 503 at once instead of piling up threads that all hold the GIL.
 
 ``MetricsHTTPServer`` has the server's ``Service`` shape (async ``start`` /
 ``stop``); ``port`` is the bound port, also when 0 asked for any free one.
+
+With ``tls`` (a callable returning the ``ssl.SSLContext`` to use now) every
+connection is HTTPS: the context is asked for per connection, so certificates
+rotated on disk apply to the next connection, and the handshake runs on the
+connection's own thread (a slow or silent client cannot stall the accept loop).
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import asyncio
 import gzip
 import logging
 import socket
+import ssl
+import sys
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,11 +55,32 @@ class _Server(ThreadingHTTPServer):
         registry: CollectorRegistry,
         max_concurrent: int,
         family: socket.AddressFamily,
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self.address_family = family
         self.registry = registry
         self.scrape_slots = threading.BoundedSemaphore(max_concurrent)
+        self.tls = tls
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept; with TLS, wrap the socket (handshake later, on the handler's thread)."""
+        sock, address = super().get_request()
+        if self.tls is None:
+            return sock, address
+        try:
+            wrapped = self.tls().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except Exception:
+            sock.close()
+            raise
+        return wrapped, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A failed handshake or dropped connection is the client's problem: debug log only."""
+        if isinstance(sys.exc_info()[1], OSError):  # ssl.SSLError is an OSError
+            log.debug("metrics connection from %s failed", client_address, exc_info=True)
+        else:
+            log.exception("metrics request from %s failed", client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -135,9 +164,11 @@ class MetricsHTTPServer:
         host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the pod
         port: int = DEFAULT_PORT,
         max_concurrent_scrapes: int = 4,
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         if max_concurrent_scrapes < 1:
             raise ValueError("max_concurrent_scrapes must be at least 1")
+        self._tls = tls
         self._registry = registry
         self._host = host
         self._requested_port = port
@@ -157,11 +188,11 @@ class MetricsHTTPServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` (loopback when listening on every address)."""
+        """``http(s)://host:port`` (loopback when listening on every address)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._host, self._host)  # noqa: S104
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
 
     async def start(self) -> None:
         """Bind the port and serve from a daemon thread; OSError when the port is taken."""
@@ -171,7 +202,11 @@ class MetricsHTTPServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             server = _Server(
-                (host, self._requested_port), self._registry, self._max_concurrent, family
+                (host, self._requested_port),
+                self._registry,
+                self._max_concurrent,
+                family,
+                self._tls,
             )
         except OSError as exc:
             where = f"{self._host}:{self._requested_port}"
@@ -186,7 +221,12 @@ class MetricsHTTPServer:
             daemon=True,
         )
         self._thread.start()
-        log.info("serving metrics on %s:%d (/metrics, /healthz)", self._host, self.port)
+        log.info(
+            "serving metrics on %s:%d (/metrics, /healthz%s)",
+            self._host,
+            self.port,
+            ", HTTPS" if self._tls else "",
+        )
 
     async def stop(self) -> None:
         """Stop serving and close the port (waits off the event loop)."""

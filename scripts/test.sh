@@ -30,7 +30,7 @@ fi
 export PATH="$TOOLS/helm:$TOOLS/kubectl:$PATH"
 
 # The package with every extra the tests exercise; torch pinned to the CPU build.
-python3 -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[onnx,torch,dev,redis]'
+python3 -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[onnx,torch,convert,dev,redis]'
 
 python3 -m sidecar.proto.build --check
 ruff check .

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -10,8 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
-from sidecar.events import Listener
+from sidecar.events import Listener, ModelHook, ResponseAnnotator
 from sidecar.examples import MODEL_REPOSITORY
+from sidecar.insight.hub import Insight
 from sidecar.models import ModelManager, RuntimeFactory
 from sidecar.server import GrpcRegistrar, Service, SidecarServer
 
@@ -33,6 +33,13 @@ class AppParts:
     builds one from ``config.labels`` when it is enabled, exporting to the
     metrics registry; pass your own to choose its store, clock or registry.
 
+    ``insight``: activations, anomaly scores and shadow versions
+    (docs/insight.md). None builds one exporting to the metrics registry (it
+    does nothing for models whose config.yaml has no ``insight:`` section).
+
+    ``model_hooks`` prepare each model version after it loads; ``annotators``
+    add to OK responses (``sidecar.events``).
+
     ``drift``: drift monitoring (reference checks at load, the tap, the worker).
     None builds one exporting to the metrics registry; pass your own to choose
     its clocks or worker interval.
@@ -43,6 +50,9 @@ class AppParts:
     registrars: list[GrpcRegistrar] = field(default_factory=list)
     metrics: ServerMetrics | None = None
     labels: Labels | None = None
+    insight: Insight | None = None
+    model_hooks: list[ModelHook] = field(default_factory=list)
+    annotators: list[ResponseAnnotator] = field(default_factory=list)
     drift: DriftMonitoring | None = None
 
 
@@ -64,36 +74,37 @@ def build_server(
     if metrics is not None:
         listeners.insert(0, metrics.listener)
         services.insert(0, metrics)
+    registry = metrics.registry if metrics is not None else CollectorRegistry()
     labels = parts.labels
     if labels is None and config.labels.enabled:
         from sidecar.labels import Labels
 
-        registry = metrics.registry if metrics is not None else CollectorRegistry()
         labels = Labels(config, registry)
     if labels is not None:
         listeners.append(labels.recorder)
         services.append(labels)
         registrars.append(labels)
+    insight = parts.insight or Insight(config, registry)
+    listeners.append(insight)
+    services.append(insight)
     drift = parts.drift
     if drift is None:
         from sidecar.drift import DriftMonitoring
 
-        drift = DriftMonitoring(metrics.registry if metrics is not None else CollectorRegistry())
+        drift = DriftMonitoring(registry)
     listeners.append(drift)
     services.append(drift)
-    executor = ThreadPoolExecutor(
-        max_workers=config.threads.executor_workers, thread_name_prefix="model"
-    )
     repository = config.model_repository or MODEL_REPOSITORY
+    # Each model runs on its own thread pool (ModelManager.executor): a hung model
+    # cannot take the threads of the others.
     models = ModelManager(
         config,
         repository,
         listeners,
-        executor=executor,
         runtime_factory=runtime_factory,
-        preparers=[drift],
+        hooks=[*parts.model_hooks, insight, drift],
     )
-    plane = DataPlane(models, listeners)
+    plane = DataPlane(models, listeners, [*parts.annotators, insight])
     if metrics is not None:
         metrics.watch(plane)
     return SidecarServer(config, plane, services, registrars)

@@ -78,6 +78,51 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if models.failures else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import signal
+
+    from sidecar import bench
+
+    options = bench.BenchOptions(
+        target=args.target,
+        model=args.model,
+        version=args.model_version,
+        concurrency=bench.parse_concurrency(args.concurrency),
+        duration=None if args.requests is not None else args.duration,
+        requests=args.requests,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        data=None if args.input_data == "random" else Path(args.input_data),
+        shapes=dict(bench.parse_shape(s) for s in args.shape),
+        contents=args.contents,
+        streaming=args.streaming,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        seed=args.seed,
+    )
+    progress = bench.progress_for(args.progress, options)
+
+    async def run() -> bench.BenchReport:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def interrupted() -> None:
+            stop.set()
+            loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C ends it at once
+
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        try:
+            return await bench.run_bench(options, stop, progress)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    report = asyncio.run(run())
+    print(bench.report_json(report) if args.json else bench.format_report(report))
+    if report.interrupted:
+        return 130
+    return 1 if report.stopped else 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -86,17 +131,56 @@ def _positive_int(text: str) -> int:
 
 
 def _labels_send(args: argparse.Namespace) -> int:
-    from sidecar.labels.client import send_file
+    from sidecar.labels.client import Credentials, send_file
 
+    credentials = Credentials.from_files(
+        args.token_file, args.ca_file, args.cert_file, args.key_file
+    )
     report = send_file(
         args.file,
         args.address,
         batch_size=args.batch_size,
         timeout=args.timeout,
         problems=sys.stderr,
+        credentials=credentials,
     )
     print(f"{args.file}: {report.summary()}")
     return 0 if report.all_matched else 1
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from sidecar.insight.convert import DEFAULT_OPSET, convert
+
+    result = convert(
+        args.source, args.output, int8_output=args.int8, opset=args.opset or DEFAULT_OPSET
+    )
+    print(
+        f"wrote {result.output} ({result.size_bytes:,} bytes); "
+        f"max |onnx - torch| on an example batch: {result.max_abs_diff:.3g}"
+    )
+    if result.int8_output is not None:
+        print(
+            f"wrote {result.int8_output} ({result.int8_size_bytes:,} bytes, int8 weights); "
+            f"max |int8 - torch| on an example batch: {result.int8_max_abs_diff:.3g}"
+        )
+    print(f"check it: inference-sidecar compare {args.source} {result.output} --data FILE")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from sidecar.insight.compare import compare
+
+    report = compare(
+        args.a, args.b, args.data, args.labels, batch_size=args.batch_size, device=args.device
+    )
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), default=str, indent=2))
+    else:
+        print(report.render())
+    return 0
 
 
 def _drift(args: argparse.Namespace) -> int:
@@ -141,6 +225,63 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", type=Path, help="sidecar.yaml")
     validate.set_defaults(func=_validate)
 
+    bench = sub.add_parser(
+        "bench",
+        help="closed-loop load generator for a KServe v2 gRPC server (like perf_analyzer)",
+        description="Keep N requests in flight against a KServe v2 gRPC server and report "
+        "throughput, latency percentiles and errors by status code. Ctrl-C stops early and "
+        "prints what was measured.",
+    )
+    bench.add_argument("-u", "--target", default="localhost:8001", help="host:port")
+    bench.add_argument("-m", "--model", required=True, help="model name")
+    bench.add_argument("-x", "--model-version", default="", help="default: the server's choice")
+    bench.add_argument(
+        "-c",
+        "--concurrency",
+        default="1",
+        help="requests in flight: N, a list 1,4,16, or a range start:end[:step] (default 1)",
+    )
+    length = bench.add_mutually_exclusive_group()
+    length.add_argument(
+        "-d", "--duration", type=float, default=10.0, help="seconds per level (default 10)"
+    )
+    length.add_argument("-n", "--requests", type=int, help="requests per level instead")
+    bench.add_argument(
+        "--warmup", type=float, default=1.0, help="uncounted seconds before each level (default 1)"
+    )
+    bench.add_argument(
+        "-b", "--batch-size", type=int, default=1, help="rows per request (default 1)"
+    )
+    bench.add_argument(
+        "--input-data",
+        default="random",
+        help="'random' (of the model's shapes) or a .npy (one input) / .npz (by input name)",
+    )
+    bench.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME:D1,D2",
+        help="full shape of an input with dynamic dimensions (repeatable)",
+    )
+    bench.add_argument("--contents", choices=["raw", "typed"], default="raw")
+    bench.add_argument("--streaming", action="store_true", help="use ModelStreamInfer")
+    bench.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request (default 30)"
+    )
+    bench.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="seconds to reach the server (default 5)"
+    )
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random input data")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    bench.set_defaults(func=_bench)
+
     labels = sub.add_parser("labels", help="delayed ground-truth labels")
     labels_sub = labels.add_subparsers(dest="labels_command", required=True)
     send = labels_sub.add_parser(
@@ -154,7 +295,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=1000, help="labels per SendLabels call"
     )
     send.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    send.add_argument("--token-file", type=Path, help="bearer token (first line), guarded writes")
+    send.add_argument("--ca-file", type=Path, help="PEM CA of the server: connect with TLS")
+    send.add_argument("--cert-file", type=Path, help="PEM client certificate (mutual TLS)")
+    send.add_argument("--key-file", type=Path, help="PEM key of --cert-file")
     send.set_defaults(func=_labels_send)
+
+    conv = sub.add_parser(
+        "convert", help="export a TorchScript / torch.export model to ONNX (optionally int8)"
+    )
+    conv.add_argument(
+        "source", type=Path, help="model.pt (TorchScript) or model.pt2 (torch.export)"
+    )
+    conv.add_argument(
+        "output", type=Path, help="the ONNX file to write, e.g. models/m/2/model.onnx"
+    )
+    conv.add_argument("--int8", type=Path, help="also write a dynamically quantised int8 ONNX here")
+    conv.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    conv.set_defaults(func=_convert)
+
+    comp = sub.add_parser("compare", help="run two models on the same data and report differences")
+    comp.add_argument("a", type=Path, help="model file (or version directory) A")
+    comp.add_argument("b", type=Path, help="model file (or version directory) B")
+    comp.add_argument("--data", type=Path, required=True, help="input rows (.npy, .npz, .csv)")
+    comp.add_argument("--labels", type=Path, help="true class indices or values, one per row")
+    comp.add_argument("--batch-size", type=_positive_int, default=256, help="rows per model call")
+    comp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    comp.add_argument("--json", action="store_true", help="print the report as JSON")
+    comp.set_defaults(func=_compare)
 
     drift = sub.add_parser(
         "drift",

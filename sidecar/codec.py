@@ -16,12 +16,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from sidecar.config import LimitsConfig
-from sidecar.errors import InvalidRequestError, ResourceExhaustedError, quote
+from sidecar.errors import (
+    InvalidRequestError,
+    ModelExecutionError,
+    ResourceExhaustedError,
+    quote,
+)
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.types import DATATYPES, ModelSignature, Tensors, TensorSpec, datatype_of
 
 #: v2 datatype → the ``InferTensorContents`` field that carries it (FP16: raw only).
-_CONTENTS_FIELD: dict[str, str] = {
+CONTENTS_FIELD: dict[str, str] = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
     "INT16": "int_contents",
@@ -62,6 +67,12 @@ class RequestCodec:
 
     def decode(self, request: pb.ModelInferRequest) -> tuple[Tensors, int]:
         """The request's inputs as arrays keyed by name, and its row count."""
+        if len(request.id) > self._limits.max_request_id_length:
+            raise ResourceExhaustedError(
+                f"model {self._model!r}: request id of {len(request.id)} characters, more than "
+                f"the limit max_request_id_length={self._limits.max_request_id_length}",
+                reason="request_id_too_long",
+            )
         n_inputs = len(request.inputs)
         if n_inputs > self._limits.max_inputs:
             raise ResourceExhaustedError(
@@ -140,10 +151,13 @@ class RequestCodec:
                 reason="too_many_rows",
             )
         elements = math.prod(shape)
-        if elements > self._limits.max_tensor_elements:
+        limit = self._limits.max_tensor_elements
+        if elements > limit or max(shape, default=0) > limit:
+            # A zero-size tensor may still name a huge dimension; no dimension may exceed the
+            # element limit either (numpy refuses such shapes, and they mean nothing).
             raise ResourceExhaustedError(
-                f"{where}: {elements} elements, more than the limit "
-                f"max_tensor_elements={self._limits.max_tensor_elements}",
+                f"{where}: shape {list(shape)} has {elements} elements, more than the limit "
+                f"max_tensor_elements={limit} (no dimension may exceed it either)",
                 reason="too_many_elements",
             )
         return shape
@@ -167,7 +181,13 @@ class RequestCodec:
                 f"expected {expected} for shape {list(shape)} of {spec.datatype} "
                 f"({spec.dtype.itemsize} bytes each)"
             )
-        return np.frombuffer(data, dtype=spec.dtype).reshape(shape)
+        array = np.frombuffer(data, dtype=spec.dtype).reshape(shape)
+        if spec.datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+            raise InvalidRequestError(
+                f"model {self._model!r}, input {spec.name!r}: raw BOOL data holds bytes other "
+                "than 0 and 1"
+            )
+        return array
 
     def _from_contents(
         self,
@@ -176,7 +196,7 @@ class RequestCodec:
         shape: tuple[int, ...],
     ) -> np.ndarray:
         where = f"model {self._model!r}, input {spec.name!r}"
-        field = _CONTENTS_FIELD.get(spec.datatype)
+        field = CONTENTS_FIELD.get(spec.datatype)
         if field is None:
             raise InvalidRequestError(
                 f"{where}: {spec.datatype} has no typed contents field; "
@@ -206,6 +226,39 @@ class RequestCodec:
         return wide.reshape(shape)
 
     # ------------------------------------------------------------------ outputs
+
+    def check_outputs(self, outputs: Tensors, rows: int) -> None:
+        """ModelExecutionError unless every declared output came back as declared.
+
+        A model answering with a missing output, another datatype, another number
+        of dimensions or another row count is broken; its answer must not reach a
+        client (or, batched, be split between the wrong requests).
+        """
+        for spec in self._signature.outputs:
+            array = outputs.get(spec.name) if isinstance(outputs, dict) else None
+            where = f"model {self._model!r} returned output {spec.name!r}"
+            if array is None:
+                got = sorted(outputs)[:8] if isinstance(outputs, dict) else type(outputs).__name__
+                raise ModelExecutionError(
+                    f"model {self._model!r} did not return output {spec.name!r} (it returned {got})"
+                )
+            if not isinstance(array, np.ndarray):
+                raise ModelExecutionError(f"{where} as {type(array).__name__}, not an array")
+            try:
+                datatype = datatype_of(array.dtype)
+            except ValueError:
+                datatype = str(array.dtype)
+            shape = array.shape
+            if (
+                datatype != spec.datatype
+                or len(shape) != len(spec.shape)
+                or any(w not in (-1, g) for g, w in zip(shape, spec.shape, strict=True))
+                or (spec.batched and shape[0] != rows)
+            ):
+                raise ModelExecutionError(
+                    f"{where} as {datatype}{list(shape)[:8]}, expected {spec.describe()}"
+                    + (f" with {rows} rows" if spec.batched else "")
+                )
 
     def requested_outputs(self, request: pb.ModelInferRequest) -> Sequence[str]:
         """Names of the outputs to return: those the request names, else all."""

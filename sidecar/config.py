@@ -54,6 +54,29 @@ def _check_device(value: str | None) -> str | None:
 # --------------------------------------------------------------------------- server
 
 
+class TlsConfig(_Section):
+    """TLS on a port (mutual TLS with ``client_ca_file``); the files are re-read on change."""
+
+    cert_file: Path | None = Field(None, description="PEM certificate chain; set with key_file")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; every client must present a certificate it signed"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when the port serves TLS."""
+        return self.cert_file is not None
+
+
 class GrpcConfig(_Section):
     """The gRPC listener (KServe v2 inference, feedback, health, reflection)."""
 
@@ -62,7 +85,17 @@ class GrpcConfig(_Section):
         description="address to bind; :: for IPv6, 127.0.0.1 for same-pod callers only",
     )
     port: int = Field(8001, ge=0, le=65535, description="0 picks a free port")
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger messages fail")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="larger messages fail with RESOURCE_EXHAUSTED"
+    )
+    tls: TlsConfig = TlsConfig()
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="extra plaintext port serving only grpc.health.v1, for kubelet gRPC probes "
+        "(they cannot speak TLS); None: health on the main port only",
+    )
 
 
 class MetricsConfig(_Section):
@@ -74,6 +107,7 @@ class MetricsConfig(_Section):
         description="address to bind",
     )
     port: int = Field(8002, ge=0, le=65535, description="0 picks a free port")
+    tls: TlsConfig = TlsConfig()
     latency_buckets: tuple[float, ...] = Field(
         DEFAULT_LATENCY_BUCKETS, description="histogram buckets (seconds) of every duration"
     )
@@ -92,6 +126,23 @@ class LimitsConfig(_Section):
     max_batch_rows: int = Field(65536, ge=1, description="rows (first dimension) per request")
     max_tensor_elements: int = Field(64 * 1024 * 1024, ge=1, description="elements per tensor")
     max_inputs: int = Field(64, ge=1, description="input tensors per request")
+    max_request_id_length: int = Field(
+        256, ge=1, description="characters in a client-sent request id (a label-store key)"
+    )
+    max_concurrent_requests: int = Field(
+        256, ge=0, description="requests inside one model at once (0 = no limit)"
+    )
+    max_stream_inflight: int = Field(
+        64,
+        ge=1,
+        description="messages of one ModelStreamInfer call not yet answered; "
+        "beyond it the server stops reading the stream (flow control)",
+    )
+    model_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="a model call running longer fails with DEADLINE_EXCEEDED (0 = none)",
+    )
 
 
 class ShutdownConfig(_Section):
@@ -116,6 +167,12 @@ class ThreadsConfig(_Section):
     """Thread pools: model execution and the runtimes' own pools (0 = library default)."""
 
     executor_workers: int = Field(4, ge=1, description="threads that run models")
+    inline_max_us: int = Field(
+        250,
+        ge=0,
+        description="model calls measured faster than this run on the event loop, where "
+        "they cost less than a thread hand-off; 0: always in a thread",
+    )
     intra_op_threads: int = Field(0, ge=0, description="threads inside one operator")
     inter_op_threads: int = Field(0, ge=0, description="operators run in parallel")
 
@@ -207,6 +264,34 @@ class LabelStoreConfig(_Section):
         return self
 
 
+class AuthPolicy(_Section):
+    """Who may call a group of services: a bearer token or an mTLS client identity (either)."""
+
+    token_file: Path | None = Field(
+        None, description="accepted bearer tokens, one per line; re-read when the file changes"
+    )
+    allowed_identities: tuple[str, ...] = Field(
+        (), description="client certificate subject CN or SAN values accepted (needs mutual TLS)"
+    )
+
+    @property
+    def required(self) -> bool:
+        """True when calls must authenticate."""
+        return self.token_file is not None or bool(self.allowed_identities)
+
+
+class AuthConfig(_Section):
+    """Authorisation of calls; health and reflection are always open (probes)."""
+
+    write_services: tuple[str, ...] = Field(
+        ("sidecar.v1.FeedbackService",), description="full service names the writes policy guards"
+    )
+    writes: AuthPolicy = Field(AuthPolicy(), description="label writes and admin calls")
+    inference: AuthPolicy = Field(
+        AuthPolicy(), description="inference.GRPCInferenceService (open by default)"
+    )
+
+
 class ServerConfig(_Section):
     """Root of ``sidecar.yaml``."""
 
@@ -220,8 +305,19 @@ class ServerConfig(_Section):
     threads: ThreadsConfig = ThreadsConfig()
     startup: StartupConfig = StartupConfig()
     labels: LabelStoreConfig = LabelStoreConfig()
+    auth: AuthConfig = AuthConfig()
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
+
+    @model_validator(mode="after")
+    def _identities_need_mtls(self) -> ServerConfig:
+        for name in ("writes", "inference"):
+            policy: AuthPolicy = getattr(self.auth, name)
+            if policy.allowed_identities and self.grpc.tls.client_ca_file is None:
+                raise ValueError(
+                    f"auth.{name}.allowed_identities needs mutual TLS (grpc.tls.client_ca_file)"
+                )
+        return self
 
 
 # --------------------------------------------------------------------------- model
@@ -258,9 +354,31 @@ class BatchingConfig(_Section):
 
     enabled: bool = Field(False, description="batch concurrent requests together")
     max_batch_size: int = Field(64, ge=1, description="rows per executed batch")
-    max_queue_delay_us: int = Field(500, ge=0, description="longest wait to fill a batch")
-    preferred_batch_sizes: tuple[int, ...] = Field((), description="run at once on reaching one")
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        description="longest wait to fill a batch; 0: none, batches still form while the "
+        "model is busy (asyncio timers are 1 ms coarse: a delay under 1 ms waits ~1 ms)",
+    )
+    preferred_batch_sizes: tuple[int, ...] = Field(
+        (), description="batch sizes sent as soon as the queue can form one"
+    )
     max_queue_size: int = Field(1024, ge=1, description="requests waiting; more are refused")
+    max_concurrent_batches: int = Field(
+        1, ge=1, description="batches running at once; requests queue (and batch) meanwhile"
+    )
+
+    @model_validator(mode="after")
+    def _preferred_fit(self) -> BatchingConfig:
+        sizes = self.preferred_batch_sizes
+        if any(s < 1 or s > self.max_batch_size for s in sizes):
+            raise ValueError(
+                f"preferred_batch_sizes {list(sizes)} must lie in 1..max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"preferred_batch_sizes {list(sizes)} has duplicates")
+        return self
 
 
 class ClassificationConfig(_Section):
@@ -511,6 +629,116 @@ class MonitoringConfig(_Section):
         return self
 
 
+#: Anomaly-score histogram buckets: the score divided by its threshold (1 = the threshold).
+DEFAULT_ANOMALY_BUCKETS: tuple[float, ...] = (
+    0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0,
+)  # fmt: skip
+#: Shadow output-difference buckets: |primary - shadow|, in the output's own unit.
+DEFAULT_DIFFERENCE_BUCKETS: tuple[float, ...] = (
+    1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 100.0,
+)  # fmt: skip
+
+
+def _increasing(value: tuple[float, ...]) -> tuple[float, ...]:
+    if not value or any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+        raise ValueError("buckets must be positive and strictly increasing")
+    return value
+
+
+class ActivationsConfig(_Section):
+    """Activation statistics of chosen layers (torch.export models; docs/insight.md)."""
+
+    layers: tuple[str, ...] = Field(
+        min_length=1, description="module names or globs (fnmatch), e.g. body.0 or encoder.*"
+    )
+    sample_rate: float = Field(0.1, gt=0, le=1, description="fraction of batches summarised")
+    seed: int = Field(0, description="seed of the batch sampler")
+    max_layers: int = Field(
+        32, ge=1, le=256, description="most layers the patterns may match (bounds metric series)"
+    )
+    window: int = Field(
+        500, ge=50, description="most recent sampled rows whose layer means are drift-tested"
+    )
+    reference: Path | None = Field(
+        None,
+        description="input rows (.npy/.npz/.csv, relative to the model directory) whose layer "
+        "means are the drift reference; None: no drift test",
+    )
+    drift_alpha: float = Field(
+        0.05, gt=0, lt=1, description="significance of the layer-mean drift test (BH-corrected)"
+    )
+
+
+class AnomalyConfig(_Section):
+    """Per-row anomaly score: Mahalanobis distance from the reference data."""
+
+    reference: Path = Field(
+        description="reference rows of the input (.npy, relative to the model directory)"
+    )
+    input: str | None = Field(None, description="input to score; None: the model's only input")
+    quantile: float = Field(
+        0.99, gt=0.5, lt=1, description="reference quantile of the score that is the threshold"
+    )
+    projection: Literal["none", "pca", "random"] = Field(
+        "none", description="reduce standardised features to `components` dimensions first"
+    )
+    components: int = Field(32, ge=1, description="dimensions kept by the projection")
+    shrinkage: float = Field(
+        0.01, ge=0, lt=1, description="covariance shrinkage towards the identity"
+    )
+    calibration_fraction: float = Field(
+        0.3, gt=0, lt=1, description="reference rows held out to place the threshold"
+    )
+    seed: int = Field(0, description="seed of the calibration split and random projection")
+    return_score: bool = Field(
+        False, description="add sidecar_anomaly_* parameters to every response"
+    )
+    buckets: tuple[float, ...] = Field(
+        DEFAULT_ANOMALY_BUCKETS, description="histogram buckets of score / threshold"
+    )
+
+    _buckets = field_validator("buckets")(classmethod(lambda cls, v: _increasing(v)))
+
+
+class ShadowConfig(_Section):
+    """Run sampled requests on another version too, off the request path, and compare."""
+
+    version: int = Field(ge=0, description="the shadow version's directory under the model")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="fraction of requests shadowed")
+    seed: int = Field(0, description="seed of the request sampler")
+    queue_size: int = Field(
+        64, ge=1, description="requests waiting for the shadow; more are dropped and counted"
+    )
+    output: str | None = Field(
+        None,
+        description="output compared; None: classification output or first regression output",
+    )
+    difference_buckets: tuple[float, ...] = Field(
+        DEFAULT_DIFFERENCE_BUCKETS, description="histogram buckets of |primary - shadow|"
+    )
+
+    _buckets = field_validator("difference_buckets")(classmethod(lambda cls, v: _increasing(v)))
+
+
+class InsightConfig(_Section):
+    """Model insight: activations, anomaly scores, shadow comparison (docs/insight.md)."""
+
+    activations: ActivationsConfig | None = Field(None, description="None: no layer hooks")
+    anomaly: AnomalyConfig | None = Field(None, description="None: no anomaly score")
+    shadow: ShadowConfig | None = Field(None, description="None: no shadow version")
+
+
+class ModelLimitsConfig(_Section):
+    """Per-model overrides of the server's limits (None inherits ``limits``)."""
+
+    max_concurrent_requests: int | None = Field(
+        None, ge=0, description="None: limits.max_concurrent_requests (0 = no limit)"
+    )
+    timeout_seconds: float | None = Field(
+        None, ge=0, description="None: limits.model_timeout_seconds (0 = none)"
+    )
+
+
 class ModelConfig(_Section):
     """Root of ``<repository>/<model>/config.yaml``."""
 
@@ -523,6 +751,8 @@ class ModelConfig(_Section):
     onnx: OnnxOptions = OnnxOptions()
     batching: BatchingConfig = BatchingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    insight: InsightConfig = InsightConfig()
+    limits: ModelLimitsConfig = ModelLimitsConfig()
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 

@@ -4,6 +4,7 @@
     ├── ConfigError              invalid sidecar.yaml / config.yaml (start-up)
     ├── ModelLoadError           a model file that cannot be loaded (start-up)
     ├── MissingDependencyError   an optional backend that is not installed
+    ├── BenchError               the load generator cannot run (server, model, data)
     └── RequestError             anything a client caused; carries a status
         ├── InvalidRequestError      INVALID_ARGUMENT
         ├── ModelNotFoundError       NOT_FOUND
@@ -53,10 +54,24 @@ class MissingDependencyError(SidecarError):
     """An optional backend is needed but not installed; names the extra."""
 
 
+class BenchError(SidecarError):
+    """``inference-sidecar bench`` cannot go on: no server, unknown model, unusable data."""
+
+
 class RequestError(SidecarError):
-    """An error caused by one request; ``code`` is the gRPC status name."""
+    """An error caused by one request; ``code`` is the gRPC status name.
+
+    ``reason`` is set for refusals, requests that never reached the model: a
+    short fixed word for counting (``too_many_rows``, ``concurrency_limit``,
+    ``model_stalled``, ``deadline_passed``, ...), never client text. Failures
+    after the model ran (INTERNAL, DEADLINE_EXCEEDED) are counted by code.
+    """
 
     code: ClassVar[str] = "UNKNOWN"
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidRequestError(RequestError):
@@ -83,8 +98,7 @@ class UnavailableError(RequestError):
     code = "UNAVAILABLE"
 
     def __init__(self, message: str, reason: str = "unavailable") -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason)
 
 
 class ResourceExhaustedError(RequestError):
@@ -93,8 +107,7 @@ class ResourceExhaustedError(RequestError):
     code = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, reason: str = "too_large") -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason)
 
 
 class DeadlineExceededError(RequestError):

@@ -4,6 +4,11 @@ Metrics, the monitor tap and the label store subscribe as ``Listener``s. Each
 callback must be O(1) and must not block: heavy work goes to a background
 task or thread. A listener that raises is logged and skipped, never allowed
 to fail a request.
+
+Two narrower seams: a ``ModelHook`` prepares a model version after its runtime
+loaded (a ModelLoadError there fails that version's load, like a bad
+config.yaml), and a ``ResponseAnnotator`` may add ``parameters`` to an OK
+response before it is sent (one that raises is logged and skipped).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from sidecar.types import Tensors
 
 if TYPE_CHECKING:
     from sidecar.models import ServedModel
+    from sidecar.proto import grpc_service_pb2 as pb
 
 
 @dataclass(slots=True)
@@ -73,3 +79,21 @@ class BaseListener:
 
     def on_request(self, record: RequestRecord) -> None:
         """Ignored."""
+
+
+class ModelHook(Protocol):
+    """Prepares a model version after its runtime loaded, before it serves."""
+
+    async def prepare(self, model: ServedModel) -> None:
+        """Set up per-model state; raise ModelLoadError to fail this version's load."""
+        ...
+
+
+class ResponseAnnotator(Protocol):
+    """Adds to an OK response before it is sent (for example response parameters)."""
+
+    def annotate(
+        self, model: ServedModel, inputs: Tensors, outputs: Tensors, response: pb.ModelInferResponse
+    ) -> None:
+        """Must be cheap and must not block: it runs on the request path."""
+        ...

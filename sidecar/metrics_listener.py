@@ -40,6 +40,7 @@ from sidecar.config import MetricsConfig
 from sidecar.dataplane import DataPlane
 from sidecar.events import BaseListener, RequestRecord
 from sidecar.models import ServedModel
+from sidecar.security import ReloadingSSLContext
 
 
 def output_monitoring(model: ServedModel) -> OutputMonitoring:
@@ -156,7 +157,9 @@ class ServerMetrics:
         GCCollector(registry=self.registry)
         self.gpu = gpu if gpu is not None else GpuCollector.discover()
         self.registry.register(self.gpu)
-        self.http = MetricsHTTPServer(self.registry, config.host, config.port)
+        #: The metrics port's TLS files (None: plain HTTP); ``tls.reloads`` counts rotations.
+        self.tls = ReloadingSSLContext(config.tls) if config.tls.enabled else None
+        self.http = MetricsHTTPServer(self.registry, config.host, config.port, tls=self.tls)
 
     async def start(self) -> None:
         """Start output analysis and the endpoint."""

@@ -17,11 +17,12 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TypeVar
 
+from sidecar.batcher import Batcher
 from sidecar.codec import RequestCodec
 from sidecar.config import ConfigError, ModelConfig, ServerConfig, load_model_config
 from sidecar.errors import (
@@ -31,21 +32,14 @@ from sidecar.errors import (
     SidecarError,
     quote,
 )
-from sidecar.events import Listener
+from sidecar.events import Listener, ModelHook
 from sidecar.runtimes import MODEL_FILES, Runtime, create_runtime
-from sidecar.types import ModelSignature, Tensors
+from sidecar.types import ModelSignature, Prediction, Tensors
 
 log = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[str, Path, ModelConfig, str], Runtime]
-
-
-class ModelPreparer(Protocol):
-    """Gets ready to monitor a model version that just loaded, before it serves."""
-
-    async def prepare(self, model: ServedModel) -> None:
-        """Read and check what monitoring needs; a SidecarError fails the model's load."""
-        ...
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +71,10 @@ def _inside(root: Path, path: Path) -> bool:
 def scan_repository(root: Path) -> RepositoryScan:
     """Find the model versions to serve under ``root``; bad models become problems.
 
-    A path that leaves the repository (through a symlink or ``..``) and a model
-    file writable by anyone are refused: loading a model must not be a way to
-    run someone else's file.
+    A path that leaves the repository (through a symlink or ``..``), and a model
+    file that anyone can write or replace (it, or its version or model directory,
+    is world-writable) are refused: loading a model must not be a way to run
+    someone else's file.
     """
     root = root.resolve()
     if not root.is_dir():
@@ -93,7 +88,7 @@ def scan_repository(root: Path) -> RepositoryScan:
         try:
             if not _inside(root, model_dir):
                 raise ModelLoadError(f"{model_dir}: resolves outside the repository {root}")
-            versions = _versions(model_dir)
+            versions = model_versions(model_dir)
             if not versions:
                 raise ModelLoadError(
                     f"{model_dir}: no version directory with one of {', '.join(MODEL_FILES)}"
@@ -109,15 +104,28 @@ def scan_repository(root: Path) -> RepositoryScan:
                 path = versions[version]
                 if not _inside(root, path):
                     raise ModelLoadError(f"{path}: resolves outside the repository {root}")
-                if os.stat(path).st_mode & stat.S_IWOTH:
-                    raise ModelLoadError(f"{path}: writable by any user; refusing to load it")
+                for where in (path, path.parent, model_dir):
+                    if _world_writable(where):
+                        raise ModelLoadError(
+                            f"{where}: writable by any user; refusing to load {path.name} "
+                            "(anyone could replace it)"
+                        )
                 sources.append(ModelSource(name, version, path, config))
         except ModelLoadError as exc:
             problems.append((name, exc.message))
     return RepositoryScan(tuple(sources), tuple(problems))
 
 
-def _versions(model_dir: Path) -> dict[int, Path]:
+def _world_writable(path: Path) -> bool:
+    """A file, or a directory without the sticky bit, that any user may write."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode) and mode & stat.S_ISVTX:
+        return False  # like /tmp: others cannot replace what they do not own
+    return bool(mode & stat.S_IWOTH)
+
+
+def model_versions(model_dir: Path) -> dict[int, Path]:
+    """Version number → model file of every version directory under ``model_dir``."""
     found: dict[int, Path] = {}
     for entry in model_dir.iterdir():
         if not (entry.is_dir() and entry.name.isdigit()):
@@ -144,26 +152,45 @@ class ServedModel:
     ready: bool = False
     error: str = ""
     load_seconds: float = 0.0
-    inflight: int = 0  # requests inside predict() right now
+    inflight: int = 0  # calls inside predict() right now, including overdue ones
+    overdue: int = 0  # calls still running past the model's timeout
+    max_concurrent: int = 0  # limit on ``inflight`` (0 = none)
+    timeout: float = 0.0  # seconds a call may take (0 = no limit)
     codec: RequestCodec | None = None
     listeners: tuple[Listener, ...] = field(default=(), repr=False)
+    batcher: Batcher | None = None  # set when config.batching.enabled
 
     @property
     def signature(self) -> ModelSignature:
         """The runtime's inputs and outputs."""
         return self.runtime.signature
 
-    async def predict(self, inputs: Tensors, rows: int) -> Tensors:
-        """Run one batch on the runtime and tell listeners how long it took."""
+    @property
+    def stalled(self) -> bool:
+        """True while a call that ran past the timeout has not returned (a hung model)."""
+        return self.overdue > 0
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting in the batcher (0 without batching)."""
+        return self.batcher.depth if self.batcher is not None else 0
+
+    async def predict(self, inputs: Tensors, rows: int) -> Prediction:
+        """Run one request (through the batcher when batching is on)."""
+        if self.batcher is not None:
+            return await self.batcher.predict(inputs, rows)
         started = time.perf_counter()
         outputs = await self.runtime.predict(inputs)
-        elapsed = time.perf_counter() - started
+        self.report_batch(rows, time.perf_counter() - started)
+        return Prediction(outputs)
+
+    def report_batch(self, rows: int, compute_seconds: float) -> None:
+        """Tell listeners the runtime executed one batch of ``rows`` rows."""
         for listener in self.listeners:
             try:
-                listener.on_batch(self, rows, elapsed)
+                listener.on_batch(self, rows, compute_seconds)
             except Exception:
                 log.exception("listener %r failed on_batch", listener)
-        return outputs
 
 
 class ModelManager:
@@ -176,20 +203,39 @@ class ModelManager:
         listeners: Iterable[Listener] = (),
         executor: Executor | None = None,
         runtime_factory: RuntimeFactory | None = None,
-        preparers: Iterable[ModelPreparer] = (),
+        hooks: Iterable[ModelHook] = (),
     ) -> None:
         self._config = config
-        self._preparers = tuple(preparers)
         self._repository = repository
         self._listeners = tuple(listeners)
+        self._hooks = tuple(hooks)
         self._executor = executor
+        self._executors: dict[str, ThreadPoolExecutor] = {}
         self._factory = runtime_factory or self._default_factory
         self._models: dict[tuple[str, str], ServedModel] = {}
         self._default: dict[str, ServedModel] = {}  # name → newest ready version
         self._failures: dict[tuple[str, str], str] = {}
 
     def _default_factory(self, name: str, path: Path, config: ModelConfig, device: str) -> Runtime:
-        return create_runtime(name, path, config, device, self._config.threads, self._executor)
+        return create_runtime(name, path, config, device, self._config.threads, self.executor(name))
+
+    def executor(self, name: str) -> Executor:
+        """The threads that run model ``name``'s calls (all its versions).
+
+        Each model gets its own pool of ``threads.executor_workers`` threads, so a
+        model wedged in native code can hold only its own threads, never another
+        model's. A manager built with an ``executor`` shares that one instead.
+        """
+        if self._executor is not None:
+            return self._executor
+        pool = self._executors.get(name)
+        if pool is None:
+            pool = ThreadPoolExecutor(
+                max_workers=self._config.threads.executor_workers,
+                thread_name_prefix=f"model-{name[:24]}",
+            )
+            self._executors[name] = pool
+        return pool
 
     @property
     def listeners(self) -> tuple[Listener, ...]:
@@ -219,15 +265,29 @@ class ModelManager:
         path: Path | None = None,
     ) -> ServedModel:
         """Load one runtime and start serving it (also the seam tests use)."""
-        model = ServedModel(name, version, config, runtime, path, listeners=self._listeners)
+        limits = self._config.limits
+        model = ServedModel(
+            name,
+            version,
+            config,
+            runtime,
+            path,
+            listeners=self._listeners,
+            max_concurrent=_pick(
+                config.limits.max_concurrent_requests, limits.max_concurrent_requests
+            ),
+            timeout=_pick(config.limits.timeout_seconds, limits.model_timeout_seconds),
+        )
         self._models[(name, version)] = model
         started = time.perf_counter()
         try:
             await runtime.load()
             model.codec = RequestCodec(name, runtime.signature, self._config.limits)
             self._check_monitoring(model)
-            for preparer in self._preparers:
-                await preparer.prepare(model)
+            for hook in self._hooks:
+                await hook.prepare(model)
+            if config.batching.enabled:
+                model.batcher = Batcher(name, runtime, config.batching, model.report_batch)
         except SidecarError as exc:
             model.error = exc.message
             self._record_failure(name, version, exc.message)
@@ -318,12 +378,12 @@ class ModelManager:
         return sorted((v for n, v in self._models if n == name), key=_version_key)
 
     def is_ready(self, name: str, version: str = "") -> bool:
-        """True when that model (version) serves."""
+        """True when that model (version) serves and is not stalled by a hung call."""
         try:
-            self.resolve(name, version)
+            model = self.resolve(name, version)
         except SidecarError:
             return False
-        return True
+        return not model.stalled
 
     @property
     def models(self) -> list[ServedModel]:
@@ -337,17 +397,27 @@ class ModelManager:
 
     @property
     def all_ready(self) -> bool:
-        """True when every configured model loaded."""
-        return not self._failures and all(m.ready for m in self._models.values())
+        """True when every configured model loaded and none is stalled."""
+        return not self._failures and all(m.ready and not m.stalled for m in self._models.values())
 
     async def unload_all(self) -> None:
         """Unload every model (at shutdown)."""
         for model in list(self._models.values()):
             if model.ready:
                 model.ready = False
+                if model.batcher is not None:
+                    await model.batcher.close()
                 await model.runtime.unload()
                 for listener in self._listeners:
                     listener.on_model_unloaded(model)
+        for pool in self._executors.values():
+            # Threads of a hung call cannot be stopped; they are abandoned, not joined.
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+
+def _pick(override: N | None, default: N) -> N:
+    return default if override is None else override
 
 
 def _version_key(version: str) -> tuple[int, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from typing import Protocol
@@ -19,9 +20,11 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
+from sidecar.guard import CallGuard
 from sidecar.proto import grpc_service_pb2
 from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 from sidecar.proto.pool import POOL
+from sidecar.security import Authorizer, ReloadingCertificates
 from sidecar.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -71,9 +74,20 @@ class SidecarServer:
         self._services = list(services)
         self._registrars = list(registrars)
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        #: Bound port of the plaintext health-only listener (0 when grpc.health_port is unset).
+        self.health_port = 0
         self._health = health.aio.HealthServicer()
         self._stopped = asyncio.Event()
+        self._health_updates: set[asyncio.Task[None]] = set()
         self.port = 0
+        #: Model calls still running when ``stop`` finished (hung in native code).
+        self.abandoned_calls = 0
+        #: Authorisation of guarded services; ``auth.counts`` is read by the metrics exporter.
+        self.auth = Authorizer(config.auth)
+        #: The TLS files in use (None: plaintext port); ``tls.reloads`` counts rotations.
+        self.tls = ReloadingCertificates(config.grpc.tls) if config.grpc.tls.enabled else None
+        plane.on_stall_change.append(self._stall_changed)
 
     @property
     def plane(self) -> DataPlane:
@@ -87,13 +101,18 @@ class SidecarServer:
             await service.start()
         limit = self._config.grpc.max_message_bytes
         server = grpc.aio.server(
+            interceptors=[CallGuard(self.auth)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        servicer = InferenceServicer(self._plane, self._config.startup.strict_readiness)
+        servicer = InferenceServicer(
+            self._plane,
+            self._config.startup.strict_readiness,
+            self._config.limits.max_stream_inflight,
+        )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
@@ -108,18 +127,58 @@ class SidecarServer:
         address = f"{self._config.grpc.host}:{self._config.grpc.port}"
         if ":" in self._config.grpc.host and not self._config.grpc.host.startswith("["):
             address = f"[{self._config.grpc.host}]:{self._config.grpc.port}"
-        self.port = server.add_insecure_port(address)
+        if self.tls is not None:
+            self.port = server.add_secure_port(address, self.tls.credentials())
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self._server = server
+        if self._config.grpc.health_port is not None:
+            await self._start_health_port()
         await self._update_health()
-        log.info("serving gRPC on %s:%d", self._config.grpc.host, self.port)
+        auth = self._config.auth
+        if not auth.writes.required:
+            log.warning(
+                "label writes (%s) accept any caller: set auth.writes.token_file or "
+                "auth.writes.allowed_identities",
+                ", ".join(auth.write_services),
+            )
+        log.info(
+            "serving gRPC on %s:%d (%s)",
+            self._config.grpc.host,
+            self.port,
+            "plaintext" if self.tls is None else "mutual TLS" if self.tls.mutual else "TLS",
+        )
+
+    async def _start_health_port(self) -> None:
+        """A plaintext listener with only the health service (same states as the main port)."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        host, port = self._config.grpc.host, self._config.grpc.health_port
+        bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        address = f"{bracketed}:{port}"
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot listen on {address} (grpc.health_port)")
+        await server.start()
+        self._health_server = server
+        log.info("serving gRPC health (plaintext) on %s:%d", host, self.health_port)
+
+    def _stall_changed(self, model: object) -> None:
+        if self._server is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._update_health())
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def _update_health(self) -> None:
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         models = self._plane.models
+        if self._plane.shutting_down:
+            return  # enter_graceful_shutdown has set everything NOT_SERVING for good
         for name in {m.name for m in models.models} | {n for n, _ in models.failures}:
             await self._health.set(name, serving if models.is_ready(name) else not_serving)
         overall = models.all_ready or (
@@ -145,8 +204,20 @@ class SidecarServer:
             log.warning("grace period over with %d requests in flight", self._plane.inflight)
         await self._server.stop(max(0.0, deadline - loop.time()))
         self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         for service in reversed(self._services):
             await service.stop()
+        models = self._plane.models.models
+        self.abandoned_calls = sum(m.inflight for m in models)
+        if self.abandoned_calls:
+            log.error(
+                "%d model call(s) still running past their timeout (%s): abandoned; their "
+                "threads cannot be stopped",
+                self.abandoned_calls,
+                ", ".join(sorted({m.name for m in models if m.inflight})),
+            )
         await self._plane.models.unload_all()
         self._stopped.set()
         log.info("stopped")
@@ -156,7 +227,12 @@ class SidecarServer:
         await self._stopped.wait()
 
     async def serve_until_signal(self) -> None:
-        """Start, then stop cleanly on SIGTERM or SIGINT."""
+        """Start, then stop cleanly on SIGTERM or SIGINT.
+
+        If a hung model call is still running after the drain, the process exits at
+        once (status 0): its thread cannot be stopped, and waiting for it would
+        outlive the grace period.
+        """
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -164,3 +240,9 @@ class SidecarServer:
         await self.start()
         await stop_requested.wait()
         await self.stop()
+        if self.abandoned_calls:
+            # The interpreter would join the hung threads at exit and never finish:
+            # everything that can be flushed has been; leave now, within the grace period.
+            log.error("exiting without waiting for hung model threads")
+            logging.shutdown()
+            os._exit(0)

@@ -18,14 +18,14 @@ import grpc
 
 from sidecar import __version__
 from sidecar.dataplane import DataPlane
-from sidecar.errors import RequestError, SidecarError
+from sidecar.errors import MAX_QUOTE, RequestError, SidecarError
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "inference-sidecar"
-#: Most stream requests one ModelStreamInfer call may have in flight at once.
+#: Default for messages of one ModelStreamInfer call not yet answered (limits.max_stream_inflight).
 MAX_STREAM_INFLIGHT = 64
 
 Req = TypeVar("Req")
@@ -56,9 +56,15 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` (KServe v2 / Triton)."""
 
-    def __init__(self, plane: DataPlane, strict_readiness: bool = True) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        strict_readiness: bool = True,
+        max_stream_inflight: int = MAX_STREAM_INFLIGHT,
+    ) -> None:
         self._plane = plane
         self._strict = strict_readiness
+        self._stream_slots = max_stream_inflight
 
     @_rpc
     async def ServerLive(
@@ -119,41 +125,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        """One inference."""
-        return await self._plane.infer(request)
+        """One inference (dropped unanswered by the model if the client's deadline passed)."""
+        return await self._plane.infer(request, context.time_remaining())
 
     async def ModelStreamInfer(
         self,
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Pipelined inference: requests run concurrently, responses return as they finish."""
+        """Pipelined inference: requests run concurrently, responses return as they finish.
+
+        At most ``max_stream_inflight`` messages are being processed or waiting to be
+        sent; beyond that the server stops reading the stream, and HTTP/2 flow control
+        holds the client back. A message that is not a valid request ends the stream
+        with INVALID_ARGUMENT after the answers to the earlier ones.
+        """
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(MAX_STREAM_INFLIGHT)
+        slots = asyncio.Semaphore(self._stream_slots)
         tasks: set[asyncio.Task[None]] = set()
+        failure: list[BaseException] = []
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._plane.infer(request)
-                await results.put(pb.ModelStreamInferResponse(infer_response=response))
+                response = await self._plane.infer(request, context.time_remaining())
+                item = pb.ModelStreamInferResponse(infer_response=response)
             except RequestError as exc:
                 failed = pb.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
+                    model_name=request.model_name[:MAX_QUOTE],
+                    model_version=request.model_version[:MAX_QUOTE],
                     id=request.id,
                 )
-                await results.put(
-                    pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
-                )
+                item = pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
             except Exception as exc:
                 log.exception("stream request failed unexpectedly")
-                await results.put(
-                    pb.ModelStreamInferResponse(
-                        error_message=f"internal error: {type(exc).__name__}"
-                    )
+                item = pb.ModelStreamInferResponse(
+                    error_message=f"internal error: {type(exc).__name__}"
                 )
-            finally:
-                slots.release()
+            results.put_nowait(item)  # bounded: a slot is held until the item is sent
 
         async def reader() -> None:
             try:
@@ -162,16 +170,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+            except Exception as exc:  # a malformed message, or the stream broke
+                failure.append(exc)
+            try:
                 while tasks:
                     await asyncio.gather(*tuple(tasks))
             finally:
-                await results.put(None)
+                results.put_nowait(None)
 
         feeder = asyncio.create_task(reader())
         try:
             while (item := await results.get()) is not None:
                 yield item
+                slots.release()
         finally:
             feeder.cancel()
             for task in tuple(tasks):
                 task.cancel()
+        if failure:
+            error = failure[0]
+            if isinstance(error, RequestError):
+                await context.abort(grpc.StatusCode[error.code], error.message)
+            log.error("stream ended by an unexpected error: %s: %s", type(error).__name__, error)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -74,3 +75,10 @@ class ModelSignature:
 
 #: A named set of tensors: what a runtime takes and returns.
 Tensors = dict[str, np.ndarray]
+
+
+class Prediction(NamedTuple):
+    """What running one request gives back: its outputs and how long it queued."""
+
+    outputs: Tensors
+    queue_seconds: float = 0.0  # time waiting in the batcher before its batch ran

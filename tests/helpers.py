@@ -16,10 +16,26 @@ from typing import IO, Any, TypeVar
 
 from sidecar.app import AppParts, build_server
 from sidecar.config import ModelConfig, ServerConfig
+from sidecar.events import BaseListener, RequestRecord
 from sidecar.runtimes.base import Runtime
 from sidecar.server import SidecarServer
 
 T = TypeVar("T")
+
+
+class RecordingListener(BaseListener):
+    """Keeps every RequestRecord (appended on the server's loop thread)."""
+
+    def __init__(self) -> None:
+        self.records: list[RequestRecord] = []
+
+    def on_request(self, record: RequestRecord) -> None:
+        """Keep it."""
+        self.records.append(record)
+
+    def reasons(self, model: str) -> list[tuple[str, str]]:
+        """(code, reason) of the records of one model, in order."""
+        return [(r.code, r.reason) for r in list(self.records) if r.model and r.model.name == model]
 
 
 def free_port() -> int:

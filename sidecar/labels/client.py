@@ -11,7 +11,8 @@ The file has a header row. Columns:
 
 Labels go out with SendLabels in batches; every label that is not matched is
 reported with its line number and the server's reason. Lines that cannot be
-read are reported and not sent.
+read are reported and not sent. When the server guards label writes, pass a
+bearer token file and/or TLS files (``Credentials``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -121,6 +122,56 @@ def read_labels(handle: TextIO, name: str) -> Iterator[tuple[int, fb.Label | str
             yield line, str(exc)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How ``send_file`` proves who it is: a bearer token and/or TLS (mutual with a cert)."""
+
+    token: str | None = None
+    ca: bytes | None = None  # PEM CA to trust; with it the channel is TLS
+    cert: bytes | None = None  # PEM client certificate chain (mutual TLS)
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        token_file: Path | None = None,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> Credentials:
+        """Read the files given; a token file's first non-empty line is the token."""
+        if (cert_file is None) != (key_file is None):
+            raise SidecarError("--cert-file and --key-file go together (mutual TLS)")
+        if cert_file is not None and ca_file is None:
+            raise SidecarError("--cert-file needs --ca-file (the CA that signed the server)")
+
+        def read(file: Path | None) -> bytes | None:
+            try:
+                return None if file is None else file.read_bytes()
+            except OSError as exc:
+                raise SidecarError(f"{file}: cannot read: {exc.strerror}") from exc
+
+        token = None
+        if token_file is not None:
+            lines = [t.strip() for t in (read(token_file) or b"").decode().splitlines()]
+            token = next((t for t in lines if t), None)
+            if token is None:
+                raise SidecarError(f"{token_file}: holds no token")
+        return cls(token, read(ca_file), read(cert_file), read(key_file))
+
+    def channel(self, address: str) -> grpc.Channel:
+        """A channel to ``address``: TLS when a CA is given, plaintext otherwise."""
+        if self.ca is None:
+            return grpc.insecure_channel(address)
+        creds = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+        return grpc.secure_channel(address, creds)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata carrying the token, if any."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
 def send_file(
     path: Path,
     address: str,
@@ -128,8 +179,10 @@ def send_file(
     timeout: float = 60.0,
     problems: TextIO | None = None,
     max_problems: int = 20,
+    credentials: Credentials | None = None,
 ) -> SendReport:
     """Send every label of ``path`` to the server at ``address``; report what happened."""
+    credentials = credentials or Credentials()
     report = SendReport()
     shown = 0
 
@@ -143,14 +196,16 @@ def send_file(
         handle = path.open(newline="", encoding="utf-8")
     except OSError as exc:
         raise LabelFileError(f"{path}: cannot read: {exc.strerror}") from exc
-    with handle, grpc.insecure_channel(address) as channel:
+    with handle, credentials.channel(address) as channel:
         stub = fb_grpc.FeedbackServiceStub(channel)
         batch: list[tuple[int, fb.Label]] = []
 
         def flush() -> None:
             try:
                 reply = stub.SendLabels(
-                    fb.SendLabelsRequest(labels=[label for _, label in batch]), timeout=timeout
+                    fb.SendLabelsRequest(labels=[label for _, label in batch]),
+                    timeout=timeout,
+                    metadata=credentials.metadata,
                 )
             except grpc.RpcError as exc:
                 code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"

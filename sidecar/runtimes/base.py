@@ -1,16 +1,18 @@
 """The one small protocol every runtime implements, and helpers they share.
 
 A runtime loads one model file and runs it. Model execution is CPU/GPU work,
-so ``predict`` hands it to an executor thread and never runs it on the event
-loop. Runtimes know nothing of gRPC, metrics or batching (the batcher wraps a
-runtime and offers the same interface).
+so ``predict`` hands it to an executor thread, except calls measured to be
+cheaper than that hand-off (see ``ExecutorRuntime``). Runtimes know nothing
+of gRPC, metrics or batching (the batcher wraps a runtime and offers the same
+interface).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -108,12 +110,90 @@ def apply_overrides(
     return tuple(out)
 
 
-class ExecutorRuntime:
-    """Base for runtimes whose work is synchronous: runs it in an executor thread."""
+class InlinePolicy:
+    """Decides whether a model call runs on the event loop or in an executor thread.
 
-    def __init__(self, executor: Executor | None) -> None:
+    Handing a call to a thread and back costs about 100-300 µs of CPU on a
+    small machine (submit, wake a worker, GIL hand-over, wake the event loop):
+    more than a small model takes (the digits MLP: ~6 µs). Calls whose size
+    (input elements) has been seen to take less than ``max_seconds`` run
+    inline; everything else, and the first call of any size, goes to a thread.
+
+    - A call in a thread that took less than ``max_seconds`` of wall time
+      proves its size fast (wall time there is an upper bound: it includes
+      waiting for the GIL).
+    - A call in a thread whose CPU time (not counting GIL waits) was below
+      ``PROBE_FACTOR × max_seconds`` makes its size a candidate: at most once
+      per back-off period one such call runs inline as a probe. (CPU time in
+      a thread overstates a call's cost too when threads compete for the
+      cores: onnxruntime's caller thread spins while its pool threads wait
+      for a core. The probe measures the real thing.)
+    - An inline call is slow when it used ``max_seconds`` of CPU or more, or
+      held the loop for ``PROBE_FACTOR`` times that (a model waiting on a
+      GPU uses little CPU but still blocks). Wall time alone is not the test:
+      on a busy machine a 6 µs call often takes 100 µs of wall time because
+      the process was preempted, and handing it to a thread would not help.
+      Three slow inline calls in a row demote their size and double the
+      back-off (1 s up to 60 s), so a model that really is slow blocks the
+      loop for three calls per back-off period at most.
+
+    ``max_seconds = 0`` disables inline calls.
+    """
+
+    BACKOFF_SECONDS = (1.0, 60.0)
+    PROBE_FACTOR = 10
+    SLOW_CALLS = 3
+
+    def __init__(self, max_seconds: float) -> None:
+        self.max_seconds = max_seconds
+        self.inline_elements = 0  # sizes up to this run inline
+        self._candidate_elements = 0  # sizes up to this may be probed inline
+        self._retry_at = 0.0
+        self._backoff = self.BACKOFF_SECONDS[0]
+        self._slow = 0  # slow inline calls in a row
+
+    def inline(self, size: int, now: float) -> bool:
+        """True when a call of ``size`` input elements should run on the event loop."""
+        return size <= self.inline_elements or (
+            size <= self._candidate_elements and now >= self._retry_at
+        )
+
+    def ran_inline(self, size: int, wall: float, cpu: float, now: float) -> None:
+        """Learn from a call that ran on the event loop (wall and this thread's CPU time)."""
+        if cpu < self.max_seconds and wall < self.max_seconds * self.PROBE_FACTOR:
+            self.inline_elements = max(self.inline_elements, size)
+            self._backoff = self.BACKOFF_SECONDS[0]
+            self._slow = 0
+            return
+        self._slow += 1
+        if self._slow < self.SLOW_CALLS:
+            return
+        self._slow = 0
+        self.inline_elements = min(self.inline_elements, size - 1)
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self.BACKOFF_SECONDS[1])
+
+    def ran_in_thread(self, size: int, wall: float, cpu: float) -> None:
+        """Learn from a call that ran in an executor thread."""
+        if wall < self.max_seconds:
+            self.inline_elements = max(self.inline_elements, size)
+        if cpu < self.max_seconds * self.PROBE_FACTOR:
+            self._candidate_elements = max(self._candidate_elements, size)
+        elif size <= self._candidate_elements:
+            self._candidate_elements = size - 1
+
+
+class ExecutorRuntime:
+    """Base for runtimes whose work is synchronous: runs it in an executor thread.
+
+    Calls too small to be worth a thread hand-off run inline instead; see
+    ``InlinePolicy``.
+    """
+
+    def __init__(self, executor: Executor | None, inline_max_seconds: float = 0.0) -> None:
         self._executor = executor
         self._ready = False
+        self._policy = InlinePolicy(inline_max_seconds)
 
     @property
     def ready(self) -> bool:
@@ -123,3 +203,27 @@ class ExecutorRuntime:
     async def _in_executor(self, fn: object, *args: object) -> object:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
+
+    async def _run_batch(self, fn: Callable[[Tensors], Tensors], inputs: Tensors) -> Tensors:
+        """``fn(inputs)``: inline when calls this size are known to be fast, else in a thread."""
+        size = sum(a.size for a in inputs.values())
+        policy = self._policy
+        started = time.perf_counter()
+        if policy.inline(size, started):
+            cpu = time.thread_time()
+            outputs = fn(inputs)
+            cpu = time.thread_time() - cpu
+            now = time.perf_counter()
+            policy.ran_inline(size, now - started, cpu, now)
+            return outputs
+        loop = asyncio.get_running_loop()
+        outputs, wall, cpu = await loop.run_in_executor(self._executor, _timed, fn, inputs)
+        policy.ran_in_thread(size, wall, cpu)
+        return outputs
+
+
+def _timed(fn: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tensors, float, float]:
+    """``fn(inputs)`` with its wall time and this thread's CPU time."""
+    started, cpu = time.perf_counter(), time.thread_time()
+    outputs = fn(inputs)
+    return outputs, time.perf_counter() - started, time.thread_time() - cpu

@@ -70,7 +70,7 @@ class OnnxRuntime(ExecutorRuntime):
         threads: ThreadsConfig,
         executor: Executor | None = None,
     ) -> None:
-        super().__init__(executor)
+        super().__init__(executor, threads.inline_max_us / 1e6)
         self._name = name
         self._path = path
         self._config = config
@@ -199,8 +199,8 @@ class OnnxRuntime(ExecutorRuntime):
         )
 
     async def predict(self, inputs: Tensors) -> Tensors:
-        """Run one batch in the executor (onnxruntime releases the GIL)."""
-        return await self._in_executor(self._run, inputs)  # type: ignore[return-value]
+        """Run one batch: in the executor (onnxruntime releases the GIL), or inline if tiny."""
+        return await self._run_batch(self._run, inputs)
 
     def _run(self, inputs: Tensors) -> Tensors:
         feed = {self._input_map[name]: value for name, value in inputs.items()}

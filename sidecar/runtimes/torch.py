@@ -1,18 +1,28 @@
 """PyTorch: TorchScript (``model.pt``) and torch.export archives (``model.pt2``).
 
-Only these two formats load: both are parsed without running a pickle of
-arbitrary Python, unlike ``torch.load`` of a pickled module, which is refused.
-Torch is imported lazily; a torch model without torch installed is a clear
-error naming the extra.
+Only these two formats load, and neither may run a pickle of arbitrary
+Python. TorchScript's own unpickler knows only torch types. A torch.export
+archive is not safe by itself: ``torch.export.load`` unpickles sample inputs
+and pickled weights with ``torch.load(weights_only=False)`` when the safe load
+fails, and "opaque object" constants with plain ``pickle.loads``. So before
+torch is used, ``import_torch`` sets ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` (torch
+then refuses arbitrary objects in every ``torch.load`` of this process), and
+an archive holding custom or opaque object constants is refused before torch
+reads it; the archive is read once into memory, so what was checked is what
+loads. Torch is imported lazily; a torch model without torch installed is a
+clear error naming the extra.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
+import zipfile
 from collections import Counter
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +30,9 @@ from sidecar.config import ModelConfig, ThreadsConfig
 from sidecar.errors import MissingDependencyError, ModelLoadError
 from sidecar.runtimes.base import ExecutorRuntime, RuntimeInfo, apply_overrides, file_digest
 from sidecar.types import ModelSignature, Tensors, TensorSpec
+
+if TYPE_CHECKING:
+    from sidecar.insight.activations import ActivationTaps
 
 _TORCH_TYPES = {
     "torch.bool": "BOOL",
@@ -37,8 +50,15 @@ _TORCH_TYPES = {
 }
 
 
+#: Constants of a torch.export archive that torch would unpickle as arbitrary objects.
+_UNSAFE_PT2_CONSTANTS = ("custom_obj_", "opaque_obj_")
+
+
 def import_torch() -> Any:
-    """Import torch, or say which extra installs it."""
+    """Import torch (every ``torch.load`` forced to weights only), or name the extra to install."""
+    # Documented torch switch, read at each torch.load: no pickle of arbitrary objects,
+    # even where torch itself asks for weights_only=False (torch.export.load does).
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
         import torch
     except ImportError as exc:
@@ -76,7 +96,7 @@ class TorchRuntime(ExecutorRuntime):
         threads: ThreadsConfig,
         executor: Executor | None = None,
     ) -> None:
-        super().__init__(executor)
+        super().__init__(executor, threads.inline_max_us / 1e6)
         self._name = name
         self._path = path
         self._config = config
@@ -87,6 +107,23 @@ class TorchRuntime(ExecutorRuntime):
         self._device = "cpu"
         self._signature: ModelSignature | None = None
         self._info: RuntimeInfo | None = None
+        self._taps: ActivationTaps | None = None
+
+    @property
+    def path(self) -> Path:
+        """The model file."""
+        return self._path
+
+    @property
+    def module(self) -> Any:
+        """The loaded torch module (ScriptModule or exported GraphModule); valid after load."""
+        assert self._module is not None, "load() first"
+        return self._module
+
+    @property
+    def activations(self) -> ActivationTaps | None:
+        """Taps on the layers ``insight.activations`` names (None when not configured)."""
+        return self._taps
 
     @property
     def signature(self) -> ModelSignature:
@@ -136,6 +173,17 @@ class TorchRuntime(ExecutorRuntime):
                 )
         self._input_order = [s.name for s in self._signature.inputs]
         self._output_names = [s.name for s in self._signature.outputs]
+        if self._config.insight.activations is not None:
+            from sidecar.insight.activations import ActivationTaps
+
+            self._taps = ActivationTaps.attach(
+                torch,
+                self._module,
+                self._config.insight.activations,
+                model=self._name,
+                device=self._device,
+                input_order=self._input_order,
+            )
         modules = list(self._module.modules())
         self._info = RuntimeInfo(
             runtime="torch",
@@ -180,7 +228,9 @@ class TorchRuntime(ExecutorRuntime):
     def _load_exported(
         self, torch: Any
     ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict[str, int]]:
-        program = torch.export.load(str(self._path))
+        data = self._path.read_bytes()
+        _refuse_unsafe_archive(self._path, data)
+        program = torch.export.load(io.BytesIO(data))
         graph = program.graph
         placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
         user_inputs = list(program.graph_signature.user_inputs)
@@ -201,8 +251,8 @@ class TorchRuntime(ExecutorRuntime):
         return TensorSpec(name, datatype, shape)
 
     async def predict(self, inputs: Tensors) -> Tensors:
-        """Run one batch in the executor (torch releases the GIL in its kernels)."""
-        return await self._in_executor(self._run, inputs)  # type: ignore[return-value]
+        """Run one batch: in the executor (torch releases the GIL), or inline if tiny."""
+        return await self._run_batch(self._run, inputs)
 
     def _run(self, inputs: Tensors) -> Tensors:
         torch = self._torch
@@ -211,7 +261,11 @@ class TorchRuntime(ExecutorRuntime):
                 torch.from_numpy(a if a.flags.writeable else a.copy()).to(self._device)
                 for a in (inputs[n] for n in self._input_order)
             ]
-            result = self._module(*args)
+            taps = self._taps
+            if taps is not None and taps.begin(int(args[0].shape[0]) if args else 1):
+                result = taps.run(self._module, args)
+            else:
+                result = self._module(*args)
             if isinstance(result, dict):
                 result = [result[n] for n in self._output_names]
             elif not isinstance(result, (tuple, list)):
@@ -229,6 +283,27 @@ class TorchRuntime(ExecutorRuntime):
     async def unload(self) -> None:
         """Drop the module and free cached GPU memory."""
         self._ready = False
+        if self._taps is not None:
+            self._taps.detach()
+            self._taps = None
         self._module = None
         if self._torch is not None and self._device.startswith("cuda"):
             self._torch.cuda.empty_cache()
+
+
+def _refuse_unsafe_archive(path: Path, data: bytes) -> None:
+    """ModelLoadError when a torch.export archive holds constants torch would unpickle."""
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(f"{path}: not a torch.export archive: {exc}") from exc
+    unsafe = [
+        n
+        for n in names
+        if "/data/constants/" in n and n.rsplit("/", 1)[-1].startswith(_UNSAFE_PT2_CONSTANTS)
+    ]
+    if unsafe:
+        raise ModelLoadError(
+            f"{path}: holds pickled Python objects ({', '.join(unsafe[:3])}); only tensors "
+            "are loaded, never arbitrary pickles"
+        )

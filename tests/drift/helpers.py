@@ -76,9 +76,7 @@ class Harness:
         self.drift = DriftMonitoring(
             self.registry, clock=lambda: 1.7e9 + self.now[0], monotonic=lambda: self.now[0]
         )
-        self.manager = ModelManager(
-            ServerConfig(), repository, [self.drift], preparers=[self.drift]
-        )
+        self.manager = ModelManager(ServerConfig(), repository, [self.drift], hooks=[self.drift])
 
     def add(
         self, drift: dict[str, Any], runtime: Runtime, name: str = "m", **monitoring: Any

@@ -13,7 +13,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from sidecar.examples import MODEL_REPOSITORY
-from sidecar.runtimes.fakes import FailingRuntime
+from sidecar.runtimes.fakes import EchoRuntime, FailingRuntime
+from sidecar.types import TensorSpec
 from tests.helpers import ServerThread, running_server, server_config
 
 Stub = service_pb2_grpc.GRPCInferenceServiceStub
@@ -32,7 +33,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         startup={"strict_readiness": False},
     )
     failing = FailingRuntime("boom: weights on fire")
-    with running_server(config, fakes=[("failing", failing, None)]) as thread:
+    echo = EchoRuntime((TensorSpec("t", "FP16", (-1, -1, -1)), TensorSpec("flag", "BOOL", (2,))))
+    with running_server(config, fakes=[("failing", failing, None), ("echo", echo, None)]) as thread:
         thread.failing = failing  # type: ignore[attr-defined]
         yield thread
 
@@ -178,6 +180,29 @@ def test_overflowing_shape(stub: Stub) -> None:
         r.inputs[0].shape[0] = 2**62
 
     expect(stub, edit(huge), EXHAUSTED, "max_batch_rows")
+
+
+def test_zero_size_tensor_with_a_huge_dimension(stub: Stub) -> None:
+    # Found by the fuzzer: 0 elements pass the element limit, but numpy cannot make the shape.
+    request = service_pb2.ModelInferRequest(model_name="echo")
+    request.inputs.add(name="t", datatype="FP16", shape=[1, 0, 2**62])
+    request.raw_input_contents.append(b"")
+    expect(stub, request, EXHAUSTED, "max_tensor_elements=10000", "no dimension")
+
+
+def test_raw_bool_bytes_must_be_zero_or_one(stub: Stub) -> None:
+    # Found by the fuzzer: numpy would make booleans out of any byte.
+    request = service_pb2.ModelInferRequest(model_name="echo")
+    request.inputs.add(name="t", datatype="FP16", shape=[1, 1, 1])
+    request.inputs.add(name="flag", datatype="BOOL", shape=[2])
+    request.raw_input_contents.extend([b"\0\0", b"\x01\x02"])
+    expect(stub, request, INVALID, "bytes other than 0 and 1")
+
+
+def test_request_id_too_long(stub: Stub) -> None:
+    expect(
+        stub, edit(lambda r: setattr(r, "id", "x" * 257)), EXHAUSTED, "max_request_id_length=256"
+    )
 
 
 def test_too_many_inputs(stub: Stub) -> None:

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from sidecar.codec import _CONTENTS_FIELD
+from sidecar.codec import CONTENTS_FIELD
 from sidecar.types import DATATYPES
 from tests.helpers import ServerThread, running_server, server_config
 from tests.sidecar.onnx_models import write_identity
@@ -49,12 +49,12 @@ def test_raw_roundtrip(dtype_server: ServerThread, datatype: str, rows: int) -> 
     np.testing.assert_array_equal(result.as_numpy("y"), x)
 
 
-@pytest.mark.parametrize("datatype", [d for d in DATATYPES if d in _CONTENTS_FIELD])
+@pytest.mark.parametrize("datatype", [d for d in DATATYPES if d in CONTENTS_FIELD])
 def test_typed_contents_roundtrip(dtype_server: ServerThread, datatype: str) -> None:
     x = _sample(datatype, 2)
     request = service_pb2.ModelInferRequest(model_name=f"id_{datatype.lower()}")
     tensor = request.inputs.add(name="x", datatype=datatype, shape=list(x.shape))
-    getattr(tensor.contents, _CONTENTS_FIELD[datatype]).extend(x.ravel().tolist())
+    getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(x.ravel().tolist())
     with grpc.insecure_channel(dtype_server.address) as channel:
         response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     out = np.frombuffer(response.raw_output_contents[0], DATATYPES[datatype]).reshape(x.shape)
