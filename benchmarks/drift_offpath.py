@@ -208,7 +208,7 @@ def tap_cost(iterations: int = 20000, repeat: int = 5) -> None:
             runs = []
             for _ in range(repeat):
                 drift = DriftMonitoring(CollectorRegistry())
-                manager = ModelManager(ServerConfig(), repository, [drift], preparers=[drift])
+                manager = ModelManager(ServerConfig(), repository, [drift], hooks=[drift])
                 settings = {"reference": "reference.npy", "sample_rate": rate, "queue_rows": 10**12}
                 config = ModelConfig.model_validate({"monitoring": {"drift": settings}})
                 model = asyncio.run(

@@ -7,7 +7,7 @@
                                         └▶ exporters.drift.DriftCollector (read at scrape)
 
 ``DriftMonitoring`` assembles the pieces; ``sidecar.app.build_server`` plugs it
-in as a model preparer (a reference that does not fit the model fails the
+in as a model hook (a reference that does not fit the model fails the
 model's load, naming both), a listener (the tap) and a service (the worker).
 Configuration: ``monitoring.drift`` in a model's config.yaml; docs/drift.md.
 """
@@ -59,7 +59,7 @@ def _concrete(where: str, spec: TensorSpec) -> tuple[int, ...]:
 
 
 class DriftMonitoring(BaseListener):
-    """The server's drift monitoring: model preparer, tap listener and worker service."""
+    """The server's drift monitoring: model hook, tap listener and worker service."""
 
     def __init__(
         self,

@@ -63,7 +63,7 @@ def signature(inputs: Mapping[str, tuple[str, tuple[int, ...]]]) -> ModelSignatu
 
 
 class Harness:
-    """A ModelManager whose only preparer and listener is a DriftMonitoring.
+    """A ModelManager whose only model hook and listener is a DriftMonitoring.
 
     The worker thread is not started: ``process()`` runs it once, here, so tests
     are deterministic and never sleep.
