@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from sidecar.config import TensorOverride
+from sidecar.config import ModelConfig, TensorOverride, ThreadsConfig
 from sidecar.errors import ModelLoadError
 from sidecar.types import ModelSignature, Tensors, TensorSpec
 
@@ -227,3 +227,37 @@ def _timed(fn: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tensors, 
     started, cpu = time.perf_counter(), time.thread_time()
     outputs = fn(inputs)
     return outputs, time.perf_counter() - started, time.thread_time() - cpu
+
+
+class ModelFileRuntime(ExecutorRuntime):
+    """Base of the runtimes that load one model file: the shared state and accessors."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        config: ModelConfig,
+        device: str,
+        threads: ThreadsConfig,
+        executor: Executor | None = None,
+    ) -> None:
+        super().__init__(executor, threads.inline_max_us / 1e6)
+        self._name = name
+        self._path = path
+        self._config = config
+        self._device_setting = device  # as configured: auto, cpu, cuda, cuda:N
+        self._threads = threads
+        self._signature: ModelSignature | None = None
+        self._info: RuntimeInfo | None = None
+
+    @property
+    def signature(self) -> ModelSignature:
+        """Inputs and outputs read from the file (with config overrides); after ``load``."""
+        assert self._signature is not None, "load() first"
+        return self._signature
+
+    @property
+    def info(self) -> RuntimeInfo:
+        """Runtime, device, size and complexity; after ``load``."""
+        assert self._info is not None, "load() first"
+        return self._info

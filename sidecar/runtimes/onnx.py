@@ -10,7 +10,7 @@ from typing import Any
 
 from sidecar.config import ModelConfig, ThreadsConfig
 from sidecar.errors import MissingDependencyError, ModelLoadError
-from sidecar.runtimes.base import ExecutorRuntime, RuntimeInfo, apply_overrides, file_digest
+from sidecar.runtimes.base import ModelFileRuntime, RuntimeInfo, apply_overrides, file_digest
 from sidecar.types import ModelSignature, Tensors, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-class OnnxRuntime(ExecutorRuntime):
+class OnnxRuntime(ModelFileRuntime):
     """Runs ``model.onnx`` with onnxruntime."""
 
     def __init__(
@@ -70,28 +70,9 @@ class OnnxRuntime(ExecutorRuntime):
         threads: ThreadsConfig,
         executor: Executor | None = None,
     ) -> None:
-        super().__init__(executor, threads.inline_max_us / 1e6)
-        self._name = name
-        self._path = path
-        self._config = config
-        self._device = device
-        self._threads = threads
+        super().__init__(name, path, config, device, threads, executor)
         self._session: Any = None
         self._output_names: list[str] = []
-        self._signature: ModelSignature | None = None
-        self._info: RuntimeInfo | None = None
-
-    @property
-    def signature(self) -> ModelSignature:
-        """Inputs and outputs read from the session (with config overrides)."""
-        assert self._signature is not None, "load() first"
-        return self._signature
-
-    @property
-    def info(self) -> RuntimeInfo:
-        """Runtime, device, size and graph complexity."""
-        assert self._info is not None, "load() first"
-        return self._info
 
     @property
     def session_options(self) -> Any:
@@ -106,13 +87,13 @@ class OnnxRuntime(ExecutorRuntime):
 
     def _providers(self, ort: Any) -> tuple[list[Any], str]:
         available = ort.get_available_providers()
-        device = self._device
+        device = self._device_setting
         if device == "auto":
             device = "cuda:0" if "CUDAExecutionProvider" in available else "cpu"
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in available:
                 raise ModelLoadError(
-                    f"model {self._name!r}: device {self._device!r} needs onnxruntime's "
+                    f"model {self._name!r}: device {self._device_setting!r} needs onnxruntime's "
                     "CUDAExecutionProvider, which this onnxruntime lacks; install the "
                     "onnx-gpu extra (onnxruntime-gpu) or set device: cpu"
                 )

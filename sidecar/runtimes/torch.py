@@ -28,7 +28,7 @@ import numpy as np
 
 from sidecar.config import ModelConfig, ThreadsConfig
 from sidecar.errors import MissingDependencyError, ModelLoadError
-from sidecar.runtimes.base import ExecutorRuntime, RuntimeInfo, apply_overrides, file_digest
+from sidecar.runtimes.base import ModelFileRuntime, RuntimeInfo, apply_overrides, file_digest
 from sidecar.types import ModelSignature, Tensors, TensorSpec
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def resolve_device(torch: Any, device: str) -> str:
     return "cpu"
 
 
-class TorchRuntime(ExecutorRuntime):
+class TorchRuntime(ModelFileRuntime):
     """Runs a TorchScript or torch.export model under ``torch.inference_mode()``."""
 
     def __init__(
@@ -96,17 +96,10 @@ class TorchRuntime(ExecutorRuntime):
         threads: ThreadsConfig,
         executor: Executor | None = None,
     ) -> None:
-        super().__init__(executor, threads.inline_max_us / 1e6)
-        self._name = name
-        self._path = path
-        self._config = config
-        self._device_setting = device
-        self._threads = threads
+        super().__init__(name, path, config, device, threads, executor)
         self._module: Any = None
         self._torch: Any = None
         self._device = "cpu"
-        self._signature: ModelSignature | None = None
-        self._info: RuntimeInfo | None = None
         self._taps: ActivationTaps | None = None
 
     @property
@@ -124,18 +117,6 @@ class TorchRuntime(ExecutorRuntime):
     def activations(self) -> ActivationTaps | None:
         """Taps on the layers ``insight.activations`` names (None when not configured)."""
         return self._taps
-
-    @property
-    def signature(self) -> ModelSignature:
-        """Inputs and outputs (from the exported graph, or from config for TorchScript)."""
-        assert self._signature is not None, "load() first"
-        return self._signature
-
-    @property
-    def info(self) -> RuntimeInfo:
-        """Runtime, device, size and module complexity."""
-        assert self._info is not None, "load() first"
-        return self._info
 
     async def load(self) -> None:
         """Load the module in the executor and move it to the device."""
