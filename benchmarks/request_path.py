@@ -68,6 +68,10 @@ class Constant(SumRuntime):
         """The fixed outputs."""
         return self.outputs
 
+    def predict_inline(self, inputs: Tensors) -> Tensors | None:
+        """The fixed outputs, at once: as ONNX/torch runtimes answer calls known to be fast."""
+        return self.outputs
+
 
 def request() -> pb.ModelInferRequest:
     req = pb.ModelInferRequest(model_name="digits")
@@ -101,7 +105,9 @@ async def plane(root: Path, monitoring: bool, batching: bool) -> tuple[DataPlane
         batching=BatchingConfig(enabled=batching),
         **({"monitoring": shipped.monitoring} if monitoring else {}),
     )
-    await server.plane.models.add("digits", "1", model_config, Constant())
+    # The model file's path places relative monitoring files (the drift reference).
+    model_file = EXAMPLES / "digits" / "1" / "model.onnx"
+    await server.plane.models.add("digits", "1", model_config, Constant(), path=model_file)
     await server.start()
     return server.plane, server
 

@@ -115,6 +115,10 @@ class Batcher:
         self._scheduler: asyncio.Task[None] | None = None
         self._running: set[asyncio.Future[Any]] = set()  # batches being executed
         self._closed = False
+        #: The runtime's synchronous path for calls known to be fast (None: it has none).
+        self._inline: Callable[[Tensors], Tensors | None] | None = getattr(
+            runtime, "predict_inline", None
+        )
         self.batches = 0  # batches executed so far
 
     @property
@@ -175,6 +179,30 @@ class Batcher:
             self._wake.set_result(None)
         outputs = await pending.future
         return Prediction(outputs, pending.queued)
+
+    def predict_inline(self, inputs: Tensors, rows: int) -> Prediction | None:
+        """Run a request alone, now, when nothing waits and the runtime knows it is fast.
+
+        None when the request must go through ``predict`` (something is queued,
+        a delay is configured, every slot is busy, the call belongs in a thread,
+        or ``predict`` has an error to give): the idle case of ``predict`` without
+        a task, a future or a semaphore.
+        """
+        if (
+            self._inline is None
+            or self._closed
+            or self._groups
+            or self._delay
+            or self._slots.locked()
+            or rows > self._max_rows
+        ):
+            return None
+        started = time.perf_counter()
+        outputs = self._inline(inputs)
+        if outputs is None:
+            return None
+        self._ran(outputs, rows, time.perf_counter() - started)
+        return Prediction(outputs, 0.0)
 
     async def _run_now(
         self, loop: asyncio.AbstractEventLoop, inputs: Tensors, rows: int
@@ -281,20 +309,7 @@ class Batcher:
             for pending in batch:
                 pending.queued = now - pending.arrived
             outputs = await self._runtime.predict(inputs)
-            elapsed = time.perf_counter() - started
-            self.batches += 1
-            if self._on_batch is not None:
-                try:
-                    self._on_batch(rows, elapsed)
-                except Exception:
-                    log.exception("on_batch callback failed for model %s", self._model)
-            wrong = {k: v.shape for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != rows}
-            if wrong:
-                raise ModelExecutionError(
-                    f"model {self._model!r}: a batch of {rows} rows gave outputs without that "
-                    f"many rows ({', '.join(f'{k} {list(s)}' for k, s in wrong.items())}); "
-                    "this model cannot be batched: set batching.enabled false"
-                )
+            self._ran(outputs, rows, time.perf_counter() - started)
             if len(batch) == 1:
                 _settle(batch[0].future, outputs)
                 return
@@ -309,6 +324,22 @@ class Batcher:
                     pending.future.set_exception(exc)
         finally:
             self._slots.release()
+
+    def _ran(self, outputs: Tensors, rows: int, elapsed: float) -> None:
+        """Count an executed batch; ModelExecutionError unless every output has its rows."""
+        self.batches += 1
+        if self._on_batch is not None:
+            try:
+                self._on_batch(rows, elapsed)
+            except Exception:
+                log.exception("on_batch callback failed for model %s", self._model)
+        wrong = {k: v.shape for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != rows}
+        if wrong:
+            raise ModelExecutionError(
+                f"model {self._model!r}: a batch of {rows} rows gave outputs without that "
+                f"many rows ({', '.join(f'{k} {list(s)}' for k, s in wrong.items())}); "
+                "this model cannot be batched: set batching.enabled false"
+            )
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -62,6 +62,18 @@ class RequestCodec:
         self._outputs: tuple[str, ...] = tuple(s.name for s in signature.outputs)
         self._output_set = frozenset(self._outputs)
         self._expected = ", ".join(f"{s.name} {s.describe()}" for s in signature.inputs)
+        #: Per output, what a well-formed answer's dtype and shape are, for a fast exact
+        #: comparison: (spec, dtype, batched, dims after the batch dim or None when some
+        #: of them are dynamic too and only the full check can tell).
+        self._output_checks = tuple(
+            (
+                spec,
+                spec.dtype,
+                spec.batched,
+                None if -1 in spec.shape[int(spec.batched) :] else spec.shape[int(spec.batched) :],
+            )
+            for spec in signature.outputs
+        )
 
     # ------------------------------------------------------------------ decode
 
@@ -234,31 +246,44 @@ class RequestCodec:
         of dimensions or another row count is broken; its answer must not reach a
         client (or, batched, be split between the wrong requests).
         """
-        for spec in self._signature.outputs:
-            array = outputs.get(spec.name) if isinstance(outputs, dict) else None
-            where = f"model {self._model!r} returned output {spec.name!r}"
-            if array is None:
-                got = sorted(outputs)[:8] if isinstance(outputs, dict) else type(outputs).__name__
-                raise ModelExecutionError(
-                    f"model {self._model!r} did not return output {spec.name!r} (it returned {got})"
-                )
-            if not isinstance(array, np.ndarray):
-                raise ModelExecutionError(f"{where} as {type(array).__name__}, not an array")
-            try:
-                datatype = datatype_of(array.dtype)
-            except ValueError:
-                datatype = str(array.dtype)
-            shape = array.shape
+        is_dict = isinstance(outputs, dict)
+        for spec, dtype, batched, fixed in self._output_checks:
+            array = outputs.get(spec.name) if is_dict else None
+            # The common case in one comparison: the declared dtype and exact shape.
             if (
-                datatype != spec.datatype
-                or len(shape) != len(spec.shape)
-                or any(w not in (-1, g) for g, w in zip(shape, spec.shape, strict=True))
-                or (spec.batched and shape[0] != rows)
+                fixed is not None
+                and type(array) is np.ndarray
+                and array.dtype == dtype
+                and array.shape == ((rows, *fixed) if batched else fixed)
             ):
-                raise ModelExecutionError(
-                    f"{where} as {datatype}{list(shape)[:8]}, expected {spec.describe()}"
-                    + (f" with {rows} rows" if spec.batched else "")
-                )
+                continue
+            self._check_output(spec, outputs, array, rows)
+
+    def _check_output(self, spec: TensorSpec, outputs: Tensors, array: object, rows: int) -> None:
+        """The full check of one output (raises ModelExecutionError with the reason)."""
+        where = f"model {self._model!r} returned output {spec.name!r}"
+        if array is None:
+            got = sorted(outputs)[:8] if isinstance(outputs, dict) else type(outputs).__name__
+            raise ModelExecutionError(
+                f"model {self._model!r} did not return output {spec.name!r} (it returned {got})"
+            )
+        if not isinstance(array, np.ndarray):
+            raise ModelExecutionError(f"{where} as {type(array).__name__}, not an array")
+        try:
+            datatype = datatype_of(array.dtype)
+        except ValueError:
+            datatype = str(array.dtype)
+        shape = array.shape
+        if (
+            datatype != spec.datatype
+            or len(shape) != len(spec.shape)
+            or any(w not in (-1, g) for g, w in zip(shape, spec.shape, strict=True))
+            or (spec.batched and shape[0] != rows)
+        ):
+            raise ModelExecutionError(
+                f"{where} as {datatype}{list(shape)[:8]}, expected {spec.describe()}"
+                + (f" with {rows} rows" if spec.batched else "")
+            )
 
     def requested_outputs(self, request: pb.ModelInferRequest) -> Sequence[str]:
         """Names of the outputs to return: those the request names, else all."""

@@ -175,6 +175,24 @@ class ServedModel:
         """Requests waiting in the batcher (0 without batching)."""
         return self.batcher.depth if self.batcher is not None else 0
 
+    def predict_inline(self, inputs: Tensors, rows: int) -> Prediction | None:
+        """Run one request now, on the event loop, when its runtime knows the call is fast.
+
+        None when the runtime has no inline path, calls this size belong in a
+        thread, or the batcher has requests queued: then ``await predict``.
+        """
+        if self.batcher is not None:
+            return self.batcher.predict_inline(inputs, rows)
+        inline = getattr(self.runtime, "predict_inline", None)
+        if inline is None:
+            return None
+        started = time.perf_counter()
+        outputs = inline(inputs)
+        if outputs is None:
+            return None
+        self.report_batch(rows, time.perf_counter() - started)
+        return Prediction(outputs)
+
     async def predict(self, inputs: Tensors, rows: int) -> Prediction:
         """Run one request (through the batcher when batching is on)."""
         if self.batcher is not None:

@@ -204,21 +204,46 @@ class ExecutorRuntime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
 
+    def _run(self, inputs: Tensors) -> Tensors:
+        """Run one batch synchronously (what ``predict`` runs inline or in a thread)."""
+        raise NotImplementedError
+
+    async def predict(self, inputs: Tensors) -> Tensors:
+        """Run one batch: inline when calls this size are known to be fast, else in a thread."""
+        return await self._run_batch(self._run, inputs)
+
+    def predict_inline(self, inputs: Tensors) -> Tensors | None:
+        """Run one batch now, on the caller's thread, if calls this size are known to be fast.
+
+        None when the call belongs in a thread (then ``await predict``). Lets the
+        data plane answer a fast call without creating a task and a timer for it:
+        an inline call cannot be interrupted by a timeout anyway.
+        """
+        return self._try_inline(self._run, inputs, sum(a.size for a in inputs.values()))
+
+    def _try_inline(
+        self, fn: Callable[[Tensors], Tensors], inputs: Tensors, size: int
+    ) -> Tensors | None:
+        policy = self._policy
+        started = time.perf_counter()
+        if not policy.inline(size, started):
+            return None
+        cpu = time.thread_time()
+        outputs = fn(inputs)
+        cpu = time.thread_time() - cpu
+        now = time.perf_counter()
+        policy.ran_inline(size, now - started, cpu, now)
+        return outputs
+
     async def _run_batch(self, fn: Callable[[Tensors], Tensors], inputs: Tensors) -> Tensors:
         """``fn(inputs)``: inline when calls this size are known to be fast, else in a thread."""
         size = sum(a.size for a in inputs.values())
-        policy = self._policy
-        started = time.perf_counter()
-        if policy.inline(size, started):
-            cpu = time.thread_time()
-            outputs = fn(inputs)
-            cpu = time.thread_time() - cpu
-            now = time.perf_counter()
-            policy.ran_inline(size, now - started, cpu, now)
-            return outputs
+        inline = self._try_inline(fn, inputs, size)
+        if inline is not None:
+            return inline
         loop = asyncio.get_running_loop()
         outputs, wall, cpu = await loop.run_in_executor(self._executor, _timed, fn, inputs)
-        policy.ran_in_thread(size, wall, cpu)
+        self._policy.ran_in_thread(size, wall, cpu)
         return outputs
 
 

@@ -179,10 +179,6 @@ class OnnxRuntime(ModelFileRuntime):
             opset=opset,
         )
 
-    async def predict(self, inputs: Tensors) -> Tensors:
-        """Run one batch: in the executor (onnxruntime releases the GIL), or inline if tiny."""
-        return await self._run_batch(self._run, inputs)
-
     def _run(self, inputs: Tensors) -> Tensors:
         feed = {self._input_map[name]: value for name, value in inputs.items()}
         results = self._session.run(self._output_names, feed)

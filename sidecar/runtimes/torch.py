@@ -231,10 +231,6 @@ class TorchRuntime(ModelFileRuntime):
         shape = tuple(d if isinstance(d, int) else -1 for d in value.shape)
         return TensorSpec(name, datatype, shape)
 
-    async def predict(self, inputs: Tensors) -> Tensors:
-        """Run one batch: in the executor (torch releases the GIL), or inline if tiny."""
-        return await self._run_batch(self._run, inputs)
-
     def _run(self, inputs: Tensors) -> Tensors:
         torch = self._torch
         with torch.inference_mode():

@@ -197,3 +197,47 @@ def test_onnx_runtime_takes_the_setting_from_threads_config(examples_dir: Path) 
         assert "shutdown" in str(exc)
     else:
         raise AssertionError("with inline_max_us=0 every call must go to the executor")
+
+
+def test_predict_inline_answers_only_once_calls_of_that_size_are_known_fast() -> None:
+    """The data plane's task-free path: None (go await predict) until a call proved fast."""
+    x = {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}
+    with ThreadPoolExecutor(1) as executor:
+        runtime = Recording(executor, delay=0.0, inline_max=0.05)
+        runtime._run = runtime._work  # type: ignore[method-assign]
+        assert runtime.predict_inline(x) is None  # unknown size: belongs in a thread
+        assert runtime.threads == []  # ... and nothing ran
+        run_calls(runtime, 1)  # the first call, in the thread, proves it fast
+        out = runtime.predict_inline(x)
+    assert out is not None
+    np.testing.assert_array_equal(out["y"], [[0, 2, 4, 6]])
+    assert runtime.threads[-1] == threading.get_ident()  # ran right here, synchronously
+    bigger = {"x": np.zeros((2, 4), dtype=np.float32)}
+    assert runtime.predict_inline(bigger) is None
+
+
+def test_batcher_predict_inline_only_when_idle_and_without_delay() -> None:
+    from sidecar.batcher import Batcher
+    from sidecar.config import BatchingConfig
+    from sidecar.types import ModelSignature, TensorSpec
+
+    x = {"x": np.ones((1, 4), dtype=np.float32)}
+    with ThreadPoolExecutor(1) as executor:
+        runtime = Recording(executor, delay=0.0, inline_max=0.05)
+        runtime._run = runtime._work  # type: ignore[method-assign]
+        runtime.signature = ModelSignature(  # type: ignore[misc]
+            inputs=(TensorSpec("x", "FP32", (-1, 4)),),
+            outputs=(TensorSpec("y", "FP32", (-1, 4)),),
+            platform="test",
+        )
+        run_calls(runtime, 1)  # proves calls of this size fast
+        counted: list[int] = []
+        idle = Batcher("m", runtime, BatchingConfig(enabled=True), lambda r, s: counted.append(r))
+        prediction = idle.predict_inline(x, 1)
+        assert prediction is not None
+        np.testing.assert_array_equal(prediction.outputs["y"], [[2, 2, 2, 2]])
+        assert counted == [1] and idle.batches == 1
+        delayed = Batcher("m", runtime, BatchingConfig(enabled=True, max_queue_delay_us=500))
+        assert delayed.predict_inline(x, 1) is None  # must wait for company: the queue path
+        too_many = {"x": np.ones((idle.config.max_batch_size + 1, 4), dtype=np.float32)}
+        assert idle.predict_inline(too_many, idle.config.max_batch_size + 1) is None
