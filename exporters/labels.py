@@ -28,8 +28,9 @@ OTHER: Final = "other"
 UNKNOWN_MODEL: Final = ""
 #: Outcomes of one received label (the FeedbackService reply says the same).
 OUTCOMES: Final = ("matched", "unknown_id", "expired", "duplicate", "invalid")
-#: Why a prediction left the store without a label, other than its TTL.
-DROP_REASONS: Final = ("evicted", "queue_full", "store_error")
+#: Why a prediction left the store without a label, other than its TTL. ``no_primary``:
+#: a shadow version's prediction whose primary prediction was not in the store.
+DROP_REASONS: Final = ("evicted", "queue_full", "store_error", "no_primary")
 #: Per-class outcomes from which PromQL computes precision, recall and F1.
 CLASS_OUTCOMES: Final = ("tp", "fp", "fn")
 #: Store operations whose failures are counted.
@@ -58,8 +59,9 @@ class LabelMetrics:
         )
         self.labeled = Counter(
             "sidecar_labeled_predictions",
-            "Classification predictions that received a label, by whether the prediction was "
-            "correct ('true' or 'false').",
+            "Classification predictions that received a label, by the version that made them "
+            "(a shadow version's predictions under its own version) and whether the prediction "
+            "was correct ('true' or 'false').",
             ["model", "version", "correct"],
             registry=registry,
         )
@@ -105,7 +107,8 @@ class LabelMetrics:
         self.dropped = Counter(
             "sidecar_predictions_dropped",
             "Predictions lost before a label or their TTL: evicted (store full), queue_full "
-            "(write queue full), store_error (the store failed the write).",
+            "(write queue full), store_error (the store failed the write), no_primary (a shadow "
+            "version's prediction whose primary prediction was not in the store).",
             ["model", "reason"],
             registry=registry,
         )
@@ -206,7 +209,7 @@ class LabelMetrics:
         version: str,
         actual: str,
         predicted: str,
-        delay: float,
+        delay: float | None,
         confusion: bool,
         predicted_is_class: bool = True,
     ) -> None:
@@ -214,6 +217,8 @@ class LabelMetrics:
 
         ``predicted_is_class`` is False when the stored prediction is not one of
         this replica's configured classes (then it is ``OTHER`` and gets no fp).
+        ``delay`` is None for a shadow version's prediction: the label's delay is
+        observed once, with the primary's.
         """
         correct = actual == predicted and predicted_is_class
         self._counter(
@@ -227,13 +232,18 @@ class LabelMetrics:
             self._counter(self.class_outcomes, "class", (model, version, actual, "fn")).inc()
             if predicted_is_class:
                 self._counter(self.class_outcomes, "class", (model, version, predicted, "fp")).inc()
-        self._histogram(self.delay, "delay", (model,)).observe(max(delay, 0.0))
+        if delay is not None:
+            self._histogram(self.delay, "delay", (model,)).observe(max(delay, 0.0))
 
-    def regressed(self, model: str, version: str, error: float, delay: float) -> None:
-        """A regression label matched its prediction; ``error`` = prediction − label."""
+    def regressed(self, model: str, version: str, error: float, delay: float | None) -> None:
+        """A regression label matched its prediction; ``error`` = prediction − label.
+
+        ``delay`` is None for a shadow version's prediction (see ``classified``).
+        """
         self._histogram(self.abs_error, "abs_error", (model, version)).observe(abs(error))
         self._counter(self.squared_error, "squared_error", (model, version)).inc(error * error)
-        self._histogram(self.delay, "delay", (model,)).observe(max(delay, 0.0))
+        if delay is not None:
+            self._histogram(self.delay, "delay", (model,)).observe(max(delay, 0.0))
 
     def recorded_rows(self, model: str, version: str, rows: int) -> None:
         """``rows`` predictions were handed to the store."""

@@ -85,6 +85,8 @@ def build_server(
         services.append(labels)
         registrars.append(labels)
     insight = parts.insight or Insight(config, registry)
+    if labels is not None:
+        insight.add_shadow_listener(labels.recorder)  # score shadow versions by labels too
     listeners.append(insight)
     services.append(insight)
     drift = parts.drift

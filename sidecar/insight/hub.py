@@ -335,6 +335,11 @@ class Insight(BaseListener):
         if self._anomaly.pop(model, None) is not None:
             self.metrics.forget_anomaly(model.name, model.version)
 
+    def add_shadow_listener(self, listener: ShadowListener) -> None:
+        """Hand shadow predictions to ``listener`` too (shadows started from now on)."""
+        if listener not in self._shadow_listeners:
+            self._shadow_listeners = (*self._shadow_listeners, listener)
+
     def shadow(self, model: ServedModel) -> ShadowRunner | None:
         """The shadow runner of a primary model version (None without one)."""
         return self._shadows.get(model)

@@ -55,6 +55,7 @@ class ShadowPrediction:
     primary: np.ndarray  # the primary's compared output
     shadow: np.ndarray  # the shadow's compared output
     time: float  # wall-clock seconds when the shadow finished
+    outputs: Tensors  # every output of the shadow's run (``shadow`` is one of them)
 
 
 class ShadowListener(Protocol):
@@ -221,6 +222,7 @@ class ShadowRunner:
                 job.primary,
                 np.asarray(shadow),
                 time.time(),
+                outputs,
             )
             for listener in self._listeners:
                 try:

@@ -1,6 +1,7 @@
 """Delayed labels: keep predictions, join ground truth to them by request id, count.
 
     PredictionRecorder (Listener)  ── on_request: O(1) append ──▶ StoreWorker queue
+      (ShadowListener)             ── on_shadow_prediction: O(1) append ─▶ (same queue)
     FeedbackService (gRPC)         ── label batches ────────────▶ StoreWorker.join
     StoreWorker (one thread)       ── owns ─▶ PredictionStore (memory | sqlite | redis)
                                    ── runs ─▶ LabelJoiner ──▶ exporters.labels.LabelMetrics

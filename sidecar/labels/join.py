@@ -6,6 +6,12 @@ metrics are updated only after the store answered, so a batch refused because
 the store is down (UNAVAILABLE, retried by the client) is not counted twice.
 Metric label values come from configuration: a label naming a model this
 server does not know is counted under ``model=""`` (as the serving metrics do).
+
+A prediction taken with a shadow version's prediction of the same row is
+counted twice: under its own version and under the shadow version (the
+label's outcome and delay once). A shadow prediction written after its row
+was labelled comes back from the store's ``attach`` with the label and is
+counted by ``score_shadow``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from exporters.labels import OTHER, UNKNOWN_MODEL, LabelMetrics
 from sidecar.config import CONFUSION_MATRIX_MAX_CLASSES, MonitoringConfig
 from sidecar.errors import quote
 from sidecar.labels.store import PredictionStore
-from sidecar.labels.types import Found, Lookup, TakeResult
+from sidecar.labels.types import Found, Lookup, ShadowRow, TakeResult
 
 LabelKind = Literal["class_name", "class_index", "number"]
 #: Longest version string exported as a metric label (model versions are numbers).
@@ -145,7 +151,7 @@ class LabelJoiner:
                 outcomes[i] = LabelOutcome("invalid", bad.detail)
                 continue
             pending.append((i, spec, actual))
-            lookups.append(Lookup(label.request_id, label.row, spec.name))
+            lookups.append(Lookup(label.request_id, label.row, spec.name, actual))
         results = self._store.take(lookups, now) if lookups else []
         for (i, spec, actual), result in zip(pending, results, strict=True):
             outcomes[i] = self._count(labels[i], spec, actual, result, now)
@@ -234,12 +240,25 @@ class LabelJoiner:
             )
         prediction = result.prediction
         assert prediction is not None
-        version = prediction.version
+        self._score(spec, prediction.version, prediction.value, actual, now - prediction.time)
+        if prediction.shadow_version:
+            self._score(spec, prediction.shadow_version, prediction.shadow_value, actual, None)
+        return LabelOutcome("matched")
+
+    def score_shadow(self, row: ShadowRow, actual: float) -> None:
+        """Count a shadow prediction whose row was labelled before it was written."""
+        spec = self._specs.get(row.model)
+        if spec is not None:
+            self._score(spec, row.shadow_version, row.value, actual, None)
+
+    def _score(
+        self, spec: ModelSpec, version: str, value: float, actual: float, delay: float | None
+    ) -> None:
+        """Count one (prediction, label) pair under ``version``; ``delay`` None: not again."""
         if not (version.isdigit() and len(version) <= _MAX_VERSION):
             version = OTHER
-        delay = now - prediction.time
         if spec.task == "classification":
-            predicted = int(prediction.value)
+            predicted = int(value) if math.isfinite(value) else -1
             is_class = 0 <= predicted < len(spec.class_names)
             self._metrics.classified(
                 spec.name,
@@ -251,5 +270,4 @@ class LabelJoiner:
                 predicted_is_class=is_class,
             )
         else:
-            self._metrics.regressed(spec.name, version, prediction.value - actual, delay)
-        return LabelOutcome("matched")
+            self._metrics.regressed(spec.name, version, value - actual, delay)

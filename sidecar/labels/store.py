@@ -9,6 +9,13 @@ are answered ``expired`` and repeated ones ``duplicate`` rather than
 remembered keys go first, then the oldest pending predictions, counted as
 evicted) and by the TTL of each prediction.
 
+A shadow version's prediction of a row (``attach``) is kept *inside* the
+entry of the primary's prediction under the same key: it adds no key, shares
+the primary's TTL, bound and eviction, and is taken together with it. A
+label taken before the shadow's prediction arrived is remembered with the
+key, so a shadow prediction written later is returned with that label to be
+counted then (docs/labels.md, "Shadow versions").
+
 Stores are synchronous and not thread-safe: one ``StoreWorker`` thread owns a
 store and calls it, so the event loop never waits on store I/O. Failures of the
 backend surface as ``StoreError``.
@@ -20,7 +27,15 @@ from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from sidecar.config import LabelStoreConfig
-from sidecar.labels.types import Lookup, PutResult, StoredPrediction, SweepResult, TakeResult
+from sidecar.labels.types import (
+    AttachResult,
+    Lookup,
+    PutResult,
+    ShadowRow,
+    StoredPrediction,
+    SweepResult,
+    TakeResult,
+)
 
 
 class PredictionStore(Protocol):
@@ -39,8 +54,15 @@ class PredictionStore(Protocol):
         """Store predictions (a key stored again is replaced); raises StoreError."""
         ...
 
+    def attach(self, rows: Sequence[ShadowRow], now: float) -> AttachResult:
+        """Keep shadow predictions beside their primary predictions; raises StoreError."""
+        ...
+
     def take(self, lookups: Sequence[Lookup], now: float) -> list[TakeResult]:
-        """Answer lookups in order, marking matched predictions labelled; raises StoreError."""
+        """Answer lookups in order, marking matched predictions labelled; raises StoreError.
+
+        A matched prediction comes back with its shadow prediction, if one was attached.
+        """
         ...
 
     def sweep(self, now: float, models: Collection[str]) -> SweepResult:

@@ -6,18 +6,25 @@ move to one ordered dict of remembered keys, in the order they were labelled
 or expired, which is the order they are forgotten in. Expiry and forgetting
 pop from the fronts; the bound evicts remembered keys first, then the oldest
 pending prediction of any model (a look at each model's front: O(models)).
+A shadow prediction replaces its pending primary entry by one that carries
+both (same key, same place in the order); a remembered key keeps the label
+it was taken with, so a shadow prediction that comes after the label is
+counted once.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 from sidecar.labels.types import (
+    AttachResult,
     Found,
     Lookup,
     PutResult,
+    ShadowRow,
     StoredPrediction,
     SweepResult,
     TakeResult,
@@ -30,6 +37,9 @@ class _Done(NamedTuple):
     model: str
     found: Found  # DUPLICATE (was labelled) or EXPIRED
     forget_at: float
+    version: str  # the version that made the prediction
+    actual: float  # the label it was taken with (NaN when it expired)
+    shadowed: bool  # a shadow prediction of the key was counted with (or after) the label
 
 
 class MemoryStore:
@@ -96,6 +106,36 @@ class MemoryStore:
         self._pending_total -= 1
         evicted[row.model] += 1
 
+    def attach(self, rows: Sequence[ShadowRow], now: float) -> AttachResult:
+        """Put each shadow prediction into its primary's entry, or return it with its label."""
+        attached: list[ShadowRow] = []
+        labelled: list[tuple[ShadowRow, float]] = []
+        orphaned: Counter[str] = Counter()
+        for row in rows:
+            key = (row.request_id, row.row)
+            pending = self._pending.get(row.model)
+            primary = pending.get(key) if pending is not None else None
+            if pending is not None and primary is not None and primary.version == row.version:
+                pending[key] = primary._replace(
+                    shadow_version=row.shadow_version, shadow_value=row.value
+                )
+                attached.append(row)
+                continue
+            done = self._done.get(key)
+            if (
+                done is not None
+                and done.found is Found.DUPLICATE
+                and done.model == row.model
+                and done.version == row.version
+                and not done.shadowed
+                and not math.isnan(done.actual)
+            ):
+                self._done[key] = done._replace(shadowed=True)  # keeps its place in the order
+                labelled.append((row, done.actual))
+                continue
+            orphaned[row.model] += 1
+        return AttachResult(attached, labelled, dict(orphaned))
+
     def _find_pending(self, key: _Key) -> StoredPrediction | None:
         for pending in self._pending.values():
             row = pending.get(key)
@@ -131,7 +171,14 @@ class MemoryStore:
                 continue
             del pending[key]
             self._pending_total -= 1
-            self._done[key] = _Done(row.model, Found.DUPLICATE, now + self._remember)
+            self._done[key] = _Done(
+                row.model,
+                Found.DUPLICATE,
+                now + self._remember,
+                row.version,
+                lookup.actual,
+                bool(row.shadow_version),
+            )
             results.append(TakeResult(Found.MATCHED, row))
         return results
 
@@ -148,7 +195,9 @@ class MemoryStore:
                     break
                 del pending[key]
                 self._pending_total -= 1
-                self._done[key] = _Done(model, Found.EXPIRED, now + self._remember)
+                self._done[key] = _Done(
+                    model, Found.EXPIRED, now + self._remember, row.version, math.nan, False
+                )
                 expired[model] += 1
         while self._done:
             key, done = next(iter(self._done.items()))

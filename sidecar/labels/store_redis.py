@@ -3,7 +3,9 @@
 Layout (``P`` = ``key_prefix``)::
 
     P p:<row>:<request id>   hash  s (state: P pending, L labelled, E expired),
-                                   m model, v version, x value, t time, e expires
+                                   m model, v version, x value, t time, e expires,
+                                   sv, sx shadow version and its prediction (ATTACH),
+                                   a the label it was taken with (TAKE)
     P pending:<model>        zset  keys of pending predictions, scored by expiry
 
 Writes and label lookups run as Lua scripts over chunks of rows (``PUT``,
@@ -14,6 +16,9 @@ the TTLs: a prediction's hash expires ``remember_seconds`` after its own TTL,
 and a labelled one ``remember_seconds`` after its label. The ``SWEEP`` script
 moves pending predictions past their TTL out of the model's zset (counting
 each exactly once across replicas) and trims the zset to ``max_entries``.
+``ATTACH`` writes a shadow version's prediction into its primary's hash (no
+new key, the hash's TTL unchanged), or, when the primary was labelled first
+and has no shadow prediction yet, writes it and returns the stored label.
 
 Standalone Redis (or a primary with replicas) only: the scripts touch keys
 they read from the zset, which Redis Cluster does not allow. The ``redis``
@@ -22,6 +27,7 @@ package is an optional extra, imported when this store opens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -29,9 +35,11 @@ from typing import TYPE_CHECKING, Any
 from sidecar.errors import MissingDependencyError
 from sidecar.labels.errors import StoreError
 from sidecar.labels.types import (
+    AttachResult,
     Found,
     Lookup,
     PutResult,
+    ShadowRow,
     StoredPrediction,
     SweepResult,
     TakeResult,
@@ -61,15 +69,15 @@ end
 return (#ARGV - 3) / 7
 """
 
-# ARGV: prefix, now, remember (ms), then per lookup: request id, row, model.
-# One reply per lookup, in order; the whole call is atomic.
+# ARGV: prefix, now, remember (ms), then per lookup: request id, row, model, label
+# ('' for none). One reply per lookup, in order; the whole call is atomic.
 TAKE = """
 local prefix, now, remember = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local out = {}
-for i = 4, #ARGV, 3 do
-  local rid, row, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 4, #ARGV, 4 do
+  local rid, row, model, actual = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = prefix .. 'p:' .. row .. ':' .. rid
-  local h = redis.call('HMGET', key, 's', 'm', 'v', 'x', 't', 'e')
+  local h = redis.call('HMGET', key, 's', 'm', 'v', 'x', 't', 'e', 'sv', 'sx')
   local r
   if not h[1] then
     if row ~= '0' and redis.call('EXISTS', prefix .. 'p:0:' .. rid) == 1 then
@@ -85,9 +93,35 @@ for i = 4, #ARGV, 3 do
     r = {'expired'}
   else
     redis.call('HSET', key, 's', 'L')
+    if actual ~= '' then
+      redis.call('HSET', key, 'a', actual)
+    end
     redis.call('PEXPIRE', key, remember)
     redis.call('ZREM', prefix .. 'pending:' .. model, key)
-    r = {'matched', h[3], h[4], h[5], h[6]}
+    r = {'matched', h[3], h[4], h[5], h[6], h[7] or '', h[8] or ''}
+  end
+  out[#out + 1] = r
+end
+return out
+"""
+
+# ARGV: prefix, then per shadow row: request id, row, model, primary version,
+# shadow version, value. One reply per row: 'attached', 'orphaned', or 'L:<label>'.
+ATTACH = """
+local prefix = ARGV[1]
+local out = {}
+for i = 2, #ARGV, 6 do
+  local key = prefix .. 'p:' .. ARGV[i + 1] .. ':' .. ARGV[i]
+  local h = redis.call('HMGET', key, 's', 'm', 'v', 'sv', 'a')
+  local r = 'orphaned'
+  if h[1] and h[2] == ARGV[i + 2] and h[3] == ARGV[i + 3] then
+    if h[1] == 'P' then
+      redis.call('HSET', key, 'sv', ARGV[i + 4], 'sx', ARGV[i + 5])
+      r = 'attached'
+    elseif h[1] == 'L' and not h[4] and h[5] then
+      redis.call('HSET', key, 'sv', ARGV[i + 4], 'sx', ARGV[i + 5])
+      r = 'L:' .. h[5]
+    end
   end
   out[#out + 1] = r
 end
@@ -152,6 +186,7 @@ class RedisStore:
         self._client: redis.Redis | None = None
         self._put: Any = None
         self._take: Any = None
+        self._attach: Any = None
         self._sweep: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
 
@@ -175,6 +210,7 @@ class RedisStore:
         )
         self._put = self._client.register_script(PUT)
         self._take = self._client.register_script(TAKE)
+        self._attach = self._client.register_script(ATTACH)
         self._sweep = self._client.register_script(SWEEP)
 
     def close(self) -> None:
@@ -229,10 +265,40 @@ class RedisStore:
             for start in range(0, len(lookups), CHUNK):
                 args: list[str | int] = [self._prefix, repr(now), self._remember_ms]
                 for lookup in lookups[start : start + CHUNK]:
-                    args += [lookup.request_id, lookup.row, lookup.model]
+                    actual = "" if math.isnan(lookup.actual) else repr(lookup.actual)
+                    args += [lookup.request_id, lookup.row, lookup.model, actual]
                 self._take(args=args, client=pipe)
             replies = [reply for chunk in pipe.execute() for reply in chunk]
         return [_result(lookup, reply) for lookup, reply in zip(lookups, replies, strict=True)]
+
+    def attach(self, rows: Sequence[ShadowRow], now: float) -> AttachResult:
+        """ATTACH scripts of CHUNK rows each, pipelined; each call is atomic on the server."""
+        with self._guard("write"):
+            pipe = self._redis.pipeline(transaction=False)
+            for start in range(0, len(rows), CHUNK):
+                args: list[str | int] = [self._prefix]
+                for row in rows[start : start + CHUNK]:
+                    args += [
+                        row.request_id,
+                        row.row,
+                        row.model,
+                        row.version,
+                        row.shadow_version,
+                        repr(row.value),
+                    ]
+                self._attach(args=args, client=pipe)
+            replies = [reply for chunk in pipe.execute() for reply in chunk]
+        attached: list[ShadowRow] = []
+        labelled: list[tuple[ShadowRow, float]] = []
+        orphaned: dict[str, int] = {}
+        for row, reply in zip(rows, replies, strict=True):
+            if reply == "attached":
+                attached.append(row)
+            elif reply.startswith("L:"):
+                labelled.append((row, float(reply[2:])))
+            else:
+                orphaned[row.model] = orphaned.get(row.model, 0) + 1
+        return AttachResult(attached, labelled, orphaned)
 
     def sweep(self, now: float, models: Collection[str]) -> SweepResult:
         """Run SWEEP on each model's zset until it has no more expired keys."""
@@ -257,7 +323,7 @@ class RedisStore:
 def _result(lookup: Lookup, reply: list[str]) -> TakeResult:
     kind = reply[0]
     if kind == "matched":
-        version, value, made, expires = reply[1:5]
+        version, value, made, expires, shadow_version, shadow_value = reply[1:7]
         prediction = StoredPrediction(
             lookup.request_id,
             lookup.row,
@@ -266,6 +332,8 @@ def _result(lookup: Lookup, reply: list[str]) -> TakeResult:
             float(value),
             float(made),
             float(expires),
+            shadow_version,
+            float(shadow_value) if shadow_value else math.nan,
         )
         return TakeResult(Found.MATCHED, prediction)
     if kind == "wrong_model":

@@ -12,10 +12,17 @@ state (0 pending, 1 labelled, 2 expired). Partial indexes keep expiry
 (pending by ``expires``) and forgetting (done by ``forget_at``) index scans.
 Counts of rows and of pending predictions per model are kept in memory (read
 once at open) so the bound and the gauge cost no table scans.
+
+Schema version 2 added, on the same row, the shadow version's prediction
+(``shadow_version``, ``shadow_value``: NULL until a shadow prediction of the
+key is attached) and the label a prediction was taken with (``label``), so a
+shadow prediction written after the label is counted with it. A version-1
+file is upgraded in place at open (three ``ALTER TABLE ... ADD COLUMN``).
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
@@ -25,16 +32,18 @@ from typing import Any
 
 from sidecar.labels.errors import StoreError
 from sidecar.labels.types import (
+    AttachResult,
     Found,
     Lookup,
     PutResult,
+    ShadowRow,
     StoredPrediction,
     SweepResult,
     TakeResult,
 )
 
 PENDING, LABELED, EXPIRED = 0, 1, 2
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CHUNK = 400  # keys per "IN (VALUES ...)" query: 800 parameters
 
 _SCHEMA = """
@@ -48,8 +57,19 @@ CREATE TABLE IF NOT EXISTS predictions (
     expires REAL NOT NULL,
     state INTEGER NOT NULL DEFAULT 0,
     forget_at REAL,
+    shadow_version TEXT,
+    shadow_value REAL,
+    label REAL,
     UNIQUE (request_id, row)
 );
+"""
+#: Version 1 → 2: the shadow's prediction and the label, on the prediction's row.
+_UPGRADE_1 = """
+ALTER TABLE predictions ADD COLUMN shadow_version TEXT;
+ALTER TABLE predictions ADD COLUMN shadow_value REAL;
+ALTER TABLE predictions ADD COLUMN label REAL;
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS predictions_pending ON predictions (expires) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS predictions_done ON predictions (forget_at) WHERE state != 0;
 """
@@ -103,12 +123,14 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise StoreError(
                     f"sqlite store {self._path}: schema version {version}, this server "
-                    f"knows {SCHEMA_VERSION}; use another file"
+                    f"knows 1 to {SCHEMA_VERSION}; use another file"
                 )
-            db.executescript(_SCHEMA)
+            if version == 1:
+                db.executescript(f"BEGIN IMMEDIATE; {_UPGRADE_1} COMMIT;")
+            db.executescript(_SCHEMA + _INDEXES)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._total = db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
             self._pending = Counter(
@@ -148,7 +170,7 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO predictions "
                 "(request_id, row, model, version, value, time, expires, state, forget_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL)",
-                latest.values(),
+                (r[:7] for r in latest.values()),
             )
             deleted = 0
             over = self._total + total - self._max
@@ -187,7 +209,7 @@ class SqliteStore:
                 for found in self._select(
                     db,
                     "p.rowid, p.request_id, p.row, p.model, p.version, p.value, p.time, "
-                    "p.expires, p.state",
+                    "p.expires, p.state, p.shadow_version, p.shadow_value",
                     keys,
                 )
             }
@@ -195,14 +217,14 @@ class SqliteStore:
                 dict.fromkeys((rid, 0) for rid, row in keys if row and (rid, row) not in rows)
             )
             known = {found[0] for found in self._select(db, "p.request_id", misses)}
-            updates: list[tuple[float, int]] = []
+            updates: list[tuple[float, float | None, int]] = []
             for lookup in lookups:
                 found = rows.get((lookup.request_id, lookup.row))
                 if found is None:
                     bad = lookup.row > 0 and lookup.request_id in known
                     results.append(TakeResult(Found.BAD_ROW if bad else Found.UNKNOWN))
                     continue
-                rowid, _, _, model, version, value, made, expires, state = found
+                rowid, _, _, model, version, value, made, expires, state, sv, sx = found
                 if model != lookup.model:
                     results.append(TakeResult(Found.WRONG_MODEL, other_model=model))
                 elif state == LABELED:
@@ -211,17 +233,71 @@ class SqliteStore:
                     results.append(TakeResult(Found.EXPIRED))
                 else:
                     found[8] = LABELED
-                    updates.append((now + self._remember, rowid))
+                    actual = None if math.isnan(lookup.actual) else lookup.actual
+                    updates.append((now + self._remember, actual, rowid))
                     taken[model] += 1
                     prediction = StoredPrediction(
-                        lookup.request_id, lookup.row, model, version, value, made, expires
+                        lookup.request_id,
+                        lookup.row,
+                        model,
+                        version,
+                        value,
+                        made,
+                        expires,
+                        sv or "",
+                        math.nan if sx is None else sx,
                     )
                     results.append(TakeResult(Found.MATCHED, prediction))
             db.executemany(
-                "UPDATE predictions SET state = 1, forget_at = ? WHERE rowid = ?", updates
+                "UPDATE predictions SET state = 1, forget_at = ?, label = ? WHERE rowid = ?",
+                updates,
             )
         self._pending.subtract(taken)
         return results
+
+    def attach(self, rows: Sequence[ShadowRow], now: float) -> AttachResult:
+        """Write shadow predictions onto their primaries' rows, in one transaction.
+
+        A pending primary of the same model and version takes the shadow's
+        prediction; a labelled one without a shadow yet takes it too and the
+        row comes back with the stored label, to be counted now.
+        """
+        keys = list(dict.fromkeys((r.request_id, r.row) for r in rows))
+        attached: list[ShadowRow] = []
+        labelled: list[tuple[ShadowRow, float]] = []
+        orphaned: Counter[str] = Counter()
+        updates: list[tuple[str, float, int]] = []
+        with self._transaction("write") as db:
+            primaries = {
+                (rid, row): (rowid, model, version, state, sv, label)
+                for rowid, rid, row, model, version, state, sv, label in self._select(
+                    db,
+                    "p.rowid, p.request_id, p.row, p.model, p.version, p.state, "
+                    "p.shadow_version, p.label",
+                    keys,
+                )
+            }
+            for shadow in rows:
+                key = (shadow.request_id, shadow.row)
+                found = primaries.get(key)
+                if found is None or found[1] != shadow.model or found[2] != shadow.version:
+                    orphaned[shadow.model] += 1
+                    continue
+                rowid, _, _, state, sv, label = found
+                if state == PENDING:
+                    attached.append(shadow)
+                elif state == LABELED and sv is None and label is not None:
+                    labelled.append((shadow, label))
+                else:
+                    orphaned[shadow.model] += 1
+                    continue
+                primaries[key] = (rowid, shadow.model, shadow.version, state, "+", label)
+                updates.append((shadow.shadow_version, shadow.value, rowid))
+            db.executemany(
+                "UPDATE predictions SET shadow_version = ?, shadow_value = ? WHERE rowid = ?",
+                updates,
+            )
+        return AttachResult(attached, labelled, dict(orphaned))
 
     @staticmethod
     def _select(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,6 +18,19 @@ class StoredPrediction(NamedTuple):
     value: float  # predicted class index (classification) or predicted value (regression)
     time: float  # wall-clock seconds when the prediction was made
     expires: float  # wall-clock seconds when it stops waiting for a label
+    shadow_version: str = ""  # the shadow version whose prediction rides along ("": none)
+    shadow_value: float = math.nan  # the shadow version's prediction of the same row
+
+
+class ShadowRow(NamedTuple):
+    """The shadow version's prediction of one row, to be kept beside the primary's."""
+
+    request_id: str
+    row: int
+    model: str
+    version: str  # the primary version that answered the request
+    shadow_version: str
+    value: float  # predicted class index (classification) or predicted value (regression)
 
 
 class Lookup(NamedTuple):
@@ -25,6 +39,7 @@ class Lookup(NamedTuple):
     request_id: str
     row: int
     model: str
+    actual: float = math.nan  # the label (class index or value), kept for a late shadow
 
 
 class Found(enum.Enum):
@@ -61,3 +76,20 @@ class PutResult:
     """What one write did besides storing: pending predictions evicted for room."""
 
     evicted: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AttachResult:
+    """What one write of shadow predictions did.
+
+    ``attached``: kept beside their primary prediction, which still waits for
+    its label. ``labelled``: the primary's label came before the shadow's
+    prediction was written; each is returned with that label to be counted
+    now. ``orphaned``: no primary prediction of the same model and version
+    was waiting or labelled under the key (it was never kept, was evicted,
+    expired or forgotten, or the request id was reused): not kept, per model.
+    """
+
+    attached: list[ShadowRow]
+    labelled: list[tuple[ShadowRow, float]]
+    orphaned: dict[str, int]

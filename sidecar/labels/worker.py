@@ -9,6 +9,13 @@ that was answered before it was sent, then runs the join. Every
 ``sweep_interval_seconds`` it expires predictions and refreshes the pending
 gauge.
 
+A shadow version's predictions (``submit_shadow``, from the shadow's
+background task) go through the same queue, after their primary's (the
+primary is queued when the client is answered, the shadow runs later). A
+flush writes the primaries first, then attaches the shadows to them
+(``PredictionStore.attach``); a shadow whose row was labelled in between is
+counted at once with the label the store kept.
+
 Store failures never reach the request path: a failed write drops its rows
 (counted as ``store_error``), a failed label batch is answered UNAVAILABLE,
 and both are counted in ``sidecar_label_store_errors_total`` and logged (at
@@ -34,7 +41,7 @@ from sidecar.config import LabelStoreConfig
 from sidecar.labels.errors import StoreError, StoreUnavailableError
 from sidecar.labels.join import Label, LabelJoiner, LabelOutcome, ModelSpec
 from sidecar.labels.store import PredictionStore
-from sidecar.labels.types import StoredPrediction
+from sidecar.labels.types import ShadowRow, StoredPrediction
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ class _Queued:
     output: np.ndarray
     rows: int
     time: float
+    shadow_version: str = ""  # set: the shadow version's prediction of a request
 
 
 _Take = tuple[Sequence[Label], "concurrent.futures.Future[list[LabelOutcome]]"]
@@ -105,6 +113,26 @@ class StoreWorker:
         with self._lock:
             if self._queued_rows + rows <= self._max_rows and not self._closed:
                 self._queue.append(_Queued(request_id, spec, version, output, rows, t))
+                self._queued_rows += rows
+                return
+        self._metrics.dropped_rows(spec.name, "queue_full", rows)
+
+    def submit_shadow(
+        self,
+        request_id: str,
+        spec: ModelSpec,
+        version: str,
+        shadow_version: str,
+        output: np.ndarray,
+        rows: int,
+        t: float,
+    ) -> None:
+        """Queue a shadow version's predictions of a request answered by ``version`` (O(1))."""
+        with self._lock:
+            if self._queued_rows + rows <= self._max_rows and not self._closed:
+                self._queue.append(
+                    _Queued(request_id, spec, version, output, rows, t, shadow_version)
+                )
                 self._queued_rows += rows
                 return
         self._metrics.dropped_rows(spec.name, "queue_full", rows)
@@ -192,12 +220,34 @@ class StoreWorker:
         if not queue:
             return
         rows: list[StoredPrediction] = []
+        shadows: list[ShadowRow] = []
         recorded: Counter[tuple[str, str]] = Counter()
         for item in queue:
-            made = self._expand(item)
-            rows.extend(made)
-            recorded[(item.spec.name, item.version)] += len(made)
+            values = self._values(item)
+            if item.shadow_version:
+                shadows.extend(
+                    ShadowRow(
+                        item.request_id, row, item.spec.name, item.version, item.shadow_version, v
+                    )
+                    for row, v in enumerate(values)
+                )
+                continue
+            expires = item.time + item.spec.ttl_seconds
+            rows.extend(
+                StoredPrediction(
+                    item.request_id, row, item.spec.name, item.version, v, item.time, expires
+                )
+                for row, v in enumerate(values)
+            )
+            recorded[(item.spec.name, item.version)] += len(values)
         started = time.perf_counter()
+        if rows:
+            self._put(rows, recorded)
+        if shadows:
+            self._attach(shadows)
+        self._metrics.flush_duration.observe(time.perf_counter() - started)
+
+    def _put(self, rows: list[StoredPrediction], recorded: Counter[tuple[str, str]]) -> None:
         try:
             result = self._store.put(rows, self._clock())
         except Exception as exc:  # StoreError, or a bug: either way the rows are lost
@@ -206,13 +256,31 @@ class StoreWorker:
                 self._metrics.dropped_rows(model, "store_error", n)
             return
         self._recovered("write")
-        self._metrics.flush_duration.observe(time.perf_counter() - started)
         for (model, version), n in recorded.items():
             self._metrics.recorded_rows(model, version, n)
         for model, n in result.evicted.items():
             self._metrics.dropped_rows(model, "evicted", n)
 
-    def _expand(self, item: _Queued) -> list[StoredPrediction]:
+    def _attach(self, shadows: list[ShadowRow]) -> None:
+        try:
+            result = self._store.attach(shadows, self._clock())
+        except Exception as exc:  # StoreError, or a bug: either way the rows are lost
+            self._failed("write", exc)
+            for model, n in Counter(row.model for row in shadows).items():
+                self._metrics.dropped_rows(model, "store_error", n)
+            return
+        self._recovered("write")
+        kept = Counter((row.model, row.shadow_version) for row in result.attached)
+        kept.update((row.model, row.shadow_version) for row, _ in result.labelled)
+        for (model, version), n in kept.items():
+            self._metrics.recorded_rows(model, version, n)
+        for model, n in result.orphaned.items():
+            self._metrics.dropped_rows(model, "no_primary", n)
+        for row, actual in result.labelled:
+            self._joiner.score_shadow(row, actual)
+
+    def _values(self, item: _Queued) -> list[float]:
+        """One prediction per row (argmax for classifiers); [] when the output does not fit."""
         spec = item.spec
         try:
             table = item.output.reshape(item.rows, -1)
@@ -236,16 +304,8 @@ class StoreWorker:
                 )
             return []
         if spec.task == "classification":
-            values = np.argmax(table, axis=1).tolist()
-        else:
-            values = table[:, 0].astype(np.float64).tolist()
-        expires = item.time + spec.ttl_seconds
-        return [
-            StoredPrediction(
-                item.request_id, row, spec.name, item.version, value, item.time, expires
-            )
-            for row, value in enumerate(values)
-        ]
+            return [float(v) for v in np.argmax(table, axis=1).tolist()]
+        return [float(v) for v in table[:, 0].astype(np.float64).tolist()]
 
     def _answer(
         self, labels: Sequence[Label], future: concurrent.futures.Future[list[LabelOutcome]]

@@ -8,7 +8,15 @@ import numpy as np
 
 from sidecar.labels.errors import StoreError
 from sidecar.labels.store_memory import MemoryStore
-from sidecar.labels.types import Lookup, PutResult, StoredPrediction, SweepResult, TakeResult
+from sidecar.labels.types import (
+    AttachResult,
+    Lookup,
+    PutResult,
+    ShadowRow,
+    StoredPrediction,
+    SweepResult,
+    TakeResult,
+)
 from sidecar.runtimes.fakes import SumRuntime
 from sidecar.types import ModelSignature, Tensors, TensorSpec
 
@@ -29,6 +37,10 @@ class FlakyStore(MemoryStore):
     def put(self, rows: Sequence[StoredPrediction], now: float) -> PutResult:
         self._check("write")
         return super().put(rows, now)
+
+    def attach(self, rows: Sequence[ShadowRow], now: float) -> AttachResult:
+        self._check("write")
+        return super().attach(rows, now)
 
     def take(self, lookups: Sequence[Lookup], now: float) -> list[TakeResult]:
         self._check("read")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from sidecar.labels.store import PredictionStore
 from sidecar.labels.store_memory import MemoryStore
 from sidecar.labels.store_redis import RedisStore
 from sidecar.labels.store_sqlite import SqliteStore
-from sidecar.labels.types import Found, Lookup, StoredPrediction
+from sidecar.labels.types import Found, Lookup, ShadowRow, StoredPrediction
 from tests.labels.helpers import wait_for
 from tests.labels.redis_server import RedisServer
 
@@ -214,6 +215,34 @@ def test_sqlite_refuses_an_unknown_schema_version(tmp_path: Path) -> None:
         store.open()
 
 
+def test_sqlite_upgrades_a_version_1_file_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:  # the schema servers before shadow scoring wrote
+        db.executescript(
+            "CREATE TABLE predictions (request_id TEXT NOT NULL, row INTEGER NOT NULL, "
+            "model TEXT NOT NULL, version TEXT NOT NULL, value REAL NOT NULL, time REAL NOT NULL, "
+            "expires REAL NOT NULL, state INTEGER NOT NULL DEFAULT 0, forget_at REAL, "
+            "UNIQUE (request_id, row));"
+            "INSERT INTO predictions VALUES ('old', 0, 'm', '1', 2.0, 1000.0, 1060.0, 0, NULL);"
+            "PRAGMA user_version=1;"
+        )
+    store = SqliteStore(path, 10, 1.0)
+    store.open()
+    try:
+        assert store.attach([shadow("old", value=8.0)], now=1001.0).attached == [
+            shadow("old", value=8.0)
+        ]
+        (taken,) = store.take([Lookup("old", 0, "m", 2.0)], now=1001.0)
+        assert taken.prediction is not None
+        assert (taken.prediction.value, taken.prediction.shadow_value) == (2.0, 8.0)
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 @pytest.mark.redis
 def test_redis_take_is_atomic_across_clients(redis_server: RedisServer) -> None:
     prefix = f"atomic{next(_prefixes)}:"
@@ -242,3 +271,63 @@ def test_redis_take_is_atomic_across_clients(redis_server: RedisServer) -> None:
     assert stores[1].sweep(now, ["m"]).pending == {"m": 0}
     for store in stores:
         store.close()
+
+
+def shadow(
+    request_id: str, row: int = 0, model: str = "m", value: float = 5.0, version: str = "1",
+    shadow_version: str = "2",
+) -> ShadowRow:  # fmt: skip
+    return ShadowRow(request_id, row, model, version, shadow_version, value)
+
+
+def test_shadow_prediction_rides_on_its_pending_primary(make_store: StoreFactory) -> None:
+    store = make_store(max_entries=4)
+    store.put([pred("a", row=0, value=1.0), pred("a", row=1, value=2.0)], now=1000.0)
+    result = store.attach([shadow("a", row=1, value=7.0)], now=1000.1)
+    assert (result.attached, result.labelled, result.orphaned) == (
+        [shadow("a", 1, value=7.0)],
+        [],
+        {},
+    )
+    taken = store.take([Lookup("a", 0, "m", 0.0), Lookup("a", 1, "m", 2.0)], now=1001.0)
+    assert [r.found for r in taken] == [Found.MATCHED, Found.MATCHED]
+    first, second = (r.prediction for r in taken)
+    assert first is not None and second is not None
+    assert (first.shadow_version, math.isnan(first.shadow_value)) == ("", True)
+    assert (second.version, second.value, second.shadow_version, second.shadow_value) == (
+        "1", 2.0, "2", 7.0,
+    )  # fmt: skip
+    # the shadow added no key: two more predictions fit the bound of 4 without eviction
+    evicted = store.put([pred("b", row=0), pred("c", row=0)], now=1001.0)
+    assert evicted.evicted == {}
+    assert found(store, 1001.5, Lookup("b", 0, "m", 3.0)) == [Found.MATCHED]
+
+
+def test_shadow_after_the_label_comes_back_with_it_once(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.put([pred("a", row=0, value=1.0)], now=1000.0)
+    assert found(store, 1001.0, Lookup("a", 0, "m", 4.0)) == [Found.MATCHED]
+    late = store.attach([shadow("a", value=4.0)], now=1001.1)
+    assert (late.attached, late.labelled, late.orphaned) == (
+        [],
+        [(shadow("a", value=4.0), 4.0)],
+        {},
+    )
+    again = store.attach([shadow("a", value=4.0)], now=1001.2)
+    assert (again.labelled, again.orphaned) == ([], {"m": 1})  # counted once
+    assert found(store, 1001.3, Lookup("a", 0, "m", 4.0)) == [Found.DUPLICATE]
+
+
+def test_shadow_without_its_primary_is_not_kept(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.put([pred("a", ttl=1.0), pred("b", version="3"), pred("c", model="other")], now=1000.0)
+    store.sweep(1002.0, ["m", "other"])  # a expires
+    result = store.attach(
+        [shadow("a"), shadow("b"), shadow("c"), shadow("never"), shadow("b", row=1)], now=1002.0
+    )
+    assert (result.attached, result.labelled) == ([], [])
+    assert result.orphaned == {"m": 5}
+    # the primaries are untouched: b still matches, without a shadow
+    (taken,) = store.take([Lookup("b", 0, "m", 3.0)], now=1002.5)
+    assert taken.found is Found.MATCHED and taken.prediction is not None
+    assert taken.prediction.shadow_version == ""

@@ -213,3 +213,77 @@ def test_a_bug_in_the_store_loses_its_rows_not_the_worker(
     assert any(r.exc_info and "a bug in the store" in str(r.exc_info[1]) for r in caplog.records)
     assert sample(registry, "sidecar_predictions_dropped_total", model="clf",
                   reason="store_error") == 1  # fmt: skip
+
+
+def test_shadow_predictions_are_scored_under_their_own_version() -> None:
+    worker, registry, clf, reg, clock = make(FlakyStore())
+
+    def count(name: str, **labels: str) -> float:
+        return sample(registry, name, **labels)
+
+    async def scenario() -> None:
+        await worker.start()
+        try:
+            # the usual order: primary, then its shadow, then the labels
+            worker.submit("r1", clf, "1", scores(2, 0), 2, clock.now)
+            worker.submit_shadow("r1", clf, "1", "2", scores(2, 1), 2, clock.now)
+            labels = [
+                Label("r1", "clf", 0, "class_name", "c"),
+                Label("r1", "clf", 1, "class_index", 0),
+            ]
+            assert [o.outcome for o in await worker.join(labels)] == ["matched", "matched"]
+            # the race: the label comes before the shadow's prediction was written
+            worker.submit("r2", clf, "1", scores(1), 1, clock.now)
+            outcomes = await worker.join([Label("r2", "clf", 0, "class_name", "b")])
+            assert [o.outcome for o in outcomes] == ["matched"]
+            assert count("sidecar_labeled_predictions_total", model="clf", version="2",
+                         correct="false") == 1  # fmt: skip
+            worker.submit_shadow("r2", clf, "1", "2", scores(0), 1, clock.now)
+            await worker.join([])  # a label call flushes the queue first
+            # a shadow whose primary was never kept
+            worker.submit_shadow("never", clf, "1", "2", scores(0), 1, clock.now)
+            # regression: errors per version
+            worker.submit("q", reg, "1", np.array([[10.0]], np.float32), 1, clock.now)
+            worker.submit_shadow("q", reg, "1", "2", np.array([[13.0]], np.float32), 1, clock.now)
+            outcomes = await worker.join([Label("q", "reg", 0, "number", 11.0)])
+            assert [o.outcome for o in outcomes] == ["matched"]
+        finally:
+            await worker.stop()
+
+    asyncio.run(scenario())
+    labeled = "sidecar_labeled_predictions_total"
+    assert count(labeled, model="clf", version="1", correct="true") == 3
+    assert count(labeled, model="clf", version="1", correct="false") == 0
+    assert count(labeled, model="clf", version="2", correct="true") == 1
+    assert count(labeled, model="clf", version="2", correct="false") == 2
+    assert count("sidecar_confusion_matrix_total", model="clf", version="2", actual="a",
+                 predicted="b") == 1  # fmt: skip
+    assert count("sidecar_class_outcomes_total", model="clf", version="2", **{"class": "b"},
+                 outcome="fn") == 1  # fmt: skip
+    for name, outcome in (("a", "fp"), ("a", "fn"), ("b", "fp"), ("c", "tp")):
+        assert count("sidecar_class_outcomes_total", model="clf", version="2",
+                     outcome=outcome, **{"class": name}) == 1  # fmt: skip
+    # one label, one delay and one outcome, whatever the number of versions scored
+    assert count("sidecar_label_delay_seconds_count", model="clf") == 3
+    assert count("sidecar_labels_received_total", model="clf", outcome="matched") == 3
+    assert count("sidecar_predictions_recorded_total", model="clf", version="2") == 3
+    assert count("sidecar_predictions_dropped_total", model="clf", reason="no_primary") == 1
+    assert count("sidecar_label_squared_error_total", model="reg", version="1") == 1.0
+    assert count("sidecar_label_squared_error_total", model="reg", version="2") == 4.0
+    assert count("sidecar_label_absolute_error_count", model="reg", version="2") == 1
+
+
+def test_a_failed_shadow_write_leaves_the_primary_alone() -> None:
+    store = FlakyStore()
+    worker, registry, clf, _, clock = make(store)
+    worker.submit("r1", clf, "1", scores(1), 1, clock.now)
+    worker.flush()
+    store.broken = True
+    worker.submit_shadow("r1", clf, "1", "2", scores(0), 1, clock.now)
+    worker.flush()
+    store.broken = False
+    assert sample(registry, "sidecar_predictions_dropped_total", model="clf",
+                  reason="store_error") == 1  # fmt: skip
+    (taken,) = store.take([Lookup("r1", 0, "clf", 1.0)], clock.now)
+    assert taken.prediction is not None
+    assert (taken.prediction.value, taken.prediction.shadow_version) == (1.0, "")
