@@ -105,6 +105,8 @@ def build_server(
         hooks=[*parts.model_hooks, insight, drift],
     )
     plane = DataPlane(models, listeners, [*parts.annotators, insight])
+    server = SidecarServer(config, plane, services, registrars)
     if metrics is not None:
         metrics.watch(plane)
-    return SidecarServer(config, plane, services, registrars)
+        metrics.watch_server(server)
+    return server

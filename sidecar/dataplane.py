@@ -240,15 +240,19 @@ class DataPlane:
             done, _ = await asyncio.wait((call.task,), timeout=min(waits, default=None))
         except asyncio.CancelledError:  # the client went away; the call runs on, accounted
             call.abandoned = True
+            if not call.task.done():
+                model.abandoned["cancelled"] += 1
             raise
         if done:
             return call.task.result()
         call.abandoned = True
         if model.timeout and min(waits) == model.timeout:
+            model.abandoned["timeout"] += 1
             raise DeadlineExceededError(
                 f"{where} did not answer within its timeout of {model.timeout:g}s "
                 "(limits.model_timeout_seconds); the request was abandoned"
             )
+        model.abandoned["deadline"] += 1
         raise DeadlineExceededError(f"{where}: the client's deadline passed while the model ran")
 
     def _overdue(self, model: ServedModel, call: _Call) -> None:
@@ -256,6 +260,7 @@ class DataPlane:
             return
         call.overdue = True
         model.overdue += 1
+        model.timeouts += 1
         log.error(
             "model %s version %s: a call has run past its %gs timeout; the model is stalled "
             "(refuses new requests) until it returns",
