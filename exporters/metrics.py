@@ -175,8 +175,8 @@ class SidecarMetrics:
         )
         self.rejected = Counter(
             f"{p}rejected_requests_total",
-            "Requests refused before inference, by reason (queue_full, too_large, "
-            "shutting_down, ...).",
+            "Requests refused, by reason (a limit, queue_full, model_stalled, shutting_down, "
+            "...); all before the model ran except response_too_large.",
             ["model", "reason"],
             registry=r,
         )
