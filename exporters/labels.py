@@ -35,6 +35,8 @@ DROP_REASONS: Final = ("evicted", "queue_full", "store_error", "no_primary")
 CLASS_OUTCOMES: Final = ("tp", "fp", "fn")
 #: Store operations whose failures are counted.
 STORE_OPERATIONS: Final = ("open", "write", "read", "sweep")
+#: Why a FeedbackService call was refused before any of its labels was looked at.
+REFUSE_REASONS: Final = ("too_many_labels",)
 
 _Key = tuple[str, ...]
 
@@ -143,8 +145,17 @@ class LabelMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )
+        self.refused = Counter(
+            "sidecar_label_requests_refused",
+            "FeedbackService calls refused before any of their labels was looked at, by reason "
+            "(too_many_labels: more than labels.max_batch_labels in one SendLabels call).",
+            ["reason"],
+            registry=registry,
+        )
         for operation in STORE_OPERATIONS:
             self.store_errors.labels(backend, operation)
+        for reason in REFUSE_REASONS:
+            self.refused.labels(reason)
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, _Key], Counter] = {}
         self._histograms: dict[tuple[str, _Key], Histogram] = {}
@@ -266,3 +277,7 @@ class LabelMetrics:
     def store_error(self, operation: str) -> None:
         """A store operation (write, read, sweep, open) failed."""
         self._counter(self.store_errors, "store_errors", (self.backend, operation)).inc()
+
+    def refused_request(self, reason: str) -> None:
+        """A FeedbackService call was refused whole (``reason`` from REFUSE_REASONS)."""
+        self.refused.labels(reason).inc()

@@ -27,7 +27,7 @@ from importlib import metadata
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporters.outputs import OutputCollector, OutputMonitoring
@@ -75,6 +75,33 @@ class InflightSnapshot:
 
     server: int  # accepted by the server, not yet answered
     models: Sequence[InflightCount] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCalls:
+    """The call state of one model version, counted in memory by the server."""
+
+    model: str
+    version: str
+    queued: int  # requests waiting in the batcher now
+    overdue: int  # calls past the model's timeout that have not returned (stalled if > 0)
+    timeouts: int  # calls that ran past the model's timeout, since the model loaded
+    abandoned: Mapping[str, int] = field(default_factory=dict)  # reason → calls
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """What the server-state collector reads at scrape time (all counts kept by the server).
+
+    ``auth`` maps (policy, outcome) to calls for every configured policy (empty: no
+    service is guarded); ``tls_reloads`` and ``tls_reload_failures`` map a listener
+    (``grpc``, ``metrics``) to counts, only for listeners that serve TLS.
+    """
+
+    models: Sequence[ModelCalls] = ()
+    auth: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    tls_reloads: Mapping[str, int] = field(default_factory=dict)
+    tls_reload_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 def dependency_version(*distributions: str) -> str:
@@ -148,8 +175,8 @@ class SidecarMetrics:
         )
         self.rejected = Counter(
             f"{p}rejected_requests_total",
-            "Requests refused before inference, by reason (queue_full, too_large, "
-            "shutting_down, ...).",
+            "Requests refused, by reason (a limit, queue_full, model_stalled, shutting_down, "
+            "...); all before the model ran except response_too_large.",
             ["model", "reason"],
             registry=r,
         )
@@ -226,6 +253,7 @@ class SidecarMetrics:
         self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
         self._operator_labels: dict[tuple[str, str], tuple[str, ...]] = {}
         self._inflight: InflightCollector | None = None
+        self._state: ServerStateCollector | None = None
 
     # ------------------------------------------------------------------ handles
 
@@ -290,6 +318,13 @@ class SidecarMetrics:
             raise RuntimeError("watch_inflight called twice")
         self._inflight = InflightCollector(source)
         self.registry.register(self._inflight)
+
+    def watch_server(self, source: Callable[[], ServerState]) -> None:
+        """Read queue depths, stalls, authorisation and TLS counts at every scrape (call once)."""
+        if self._state is not None:
+            raise RuntimeError("watch_server called twice")
+        self._state = ServerStateCollector(source)
+        self.registry.register(self._state)
 
 
 class RequestCounters:
@@ -409,3 +444,95 @@ class InflightCollector(Collector):
         server.add_metric([], snapshot.server)
         yield per_model
         yield server
+
+
+class ServerStateCollector(Collector):
+    """Counts the server keeps in memory, exported at scrape time (no request-path work).
+
+    Per model version: batcher queue depth, calls past the model's timeout
+    (stalled), model timeouts and abandoned calls. Per authorisation policy: calls
+    by outcome. Per TLS listener: certificate reloads and failed reloads. The
+    authorisation and TLS families are absent when nothing is guarded or no
+    listener serves TLS.
+    """
+
+    def __init__(self, source: Callable[[], ServerState]) -> None:
+        self._source = source
+
+    def _families(
+        self,
+    ) -> tuple[
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+    ]:
+        return (
+            GaugeMetricFamily(
+                f"{PREFIX}queue_depth",
+                "Requests waiting in the batcher for a batch now (0 without batching).",
+                labels=_MODEL,
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}model_overdue_calls",
+                "Model calls past the model's timeout that have not returned; "
+                "above 0 the model is stalled (refuses requests, health NOT_SERVING).",
+                labels=_MODEL,
+            ),
+            CounterMetricFamily(
+                f"{PREFIX}model_timeouts",
+                "Model calls that ran past the model's timeout (each stalls the model "
+                "until it returns).",
+                labels=_MODEL,
+            ),
+            CounterMetricFamily(
+                f"{PREFIX}model_calls_abandoned",
+                "Model calls a request stopped waiting for while the model ran on, by reason "
+                "(timeout, deadline, cancelled).",
+                labels=[*_MODEL, "reason"],
+            ),
+            CounterMetricFamily(
+                f"{PREFIX}auth_requests",
+                "Calls to guarded services by policy and outcome (allowed, unauthenticated, "
+                "permission_denied).",
+                labels=["policy", "outcome"],
+            ),
+            CounterMetricFamily(
+                f"{PREFIX}tls_reloads",
+                "TLS certificate files reloaded after they changed on disk, by listener.",
+                labels=["listener"],
+            ),
+            CounterMetricFamily(
+                f"{PREFIX}tls_reload_failures",
+                "Changed TLS files that could not be used (unreadable, not PEM, key not "
+                "matching the certificate); the previous certificates stay in use.",
+                labels=["listener"],
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        """Families without samples."""
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        """Current counts; the authorisation and TLS families only when they have series."""
+        state = self._source()
+        queue, overdue, timeouts, abandoned, auth, reloads, failures = self._families()
+        for m in state.models:
+            key = [m.model, m.version]
+            queue.add_metric(key, m.queued)
+            overdue.add_metric(key, m.overdue)
+            timeouts.add_metric(key, m.timeouts)
+            for reason, calls in m.abandoned.items():
+                abandoned.add_metric([*key, reason], calls)
+        for (policy, outcome), calls in state.auth.items():
+            auth.add_metric([policy, outcome], calls)
+        for listener, count in state.tls_reloads.items():
+            reloads.add_metric([listener], count)
+        for listener, count in state.tls_reload_failures.items():
+            failures.add_metric([listener], count)
+        yield from (queue, overdue, timeouts, abandoned)
+        yield from (f for f in (auth, reloads, failures) if f.samples)

@@ -106,7 +106,14 @@ def build_server(
         runtime_factory=runtime_factory,
         hooks=[*parts.model_hooks, insight, drift],
     )
-    plane = DataPlane(models, listeners, [*parts.annotators, insight])
+    plane = DataPlane(
+        models,
+        listeners,
+        [*parts.annotators, insight],
+        max_response_bytes=config.grpc.max_message_bytes,
+    )
+    server = SidecarServer(config, plane, services, registrars)
     if metrics is not None:
         metrics.watch(plane)
-    return SidecarServer(config, plane, services, registrars)
+        metrics.watch_server(server)
+    return server

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 MAX_MODEL_ERROR = 300
 #: While draining, how long no request may arrive before the port may close.
 DRAIN_QUIET_SECONDS = 0.2
+#: Bytes a ModelStreamInferResponse adds around its ModelInferResponse (a tag and a
+#: length): the response limit is checked with them, so streamed answers fit too.
+STREAM_FRAMING = 6
 
 
 class _Call:
@@ -57,8 +60,15 @@ class DataPlane:
         models: ModelManager,
         listeners: Iterable[Listener] = (),
         annotators: Iterable[ResponseAnnotator] = (),
+        max_response_bytes: int = 0,
     ) -> None:
+        """``max_response_bytes``: gRPC's send limit (``grpc.max_message_bytes``; 0 = none).
+
+        A larger answer would fail in gRPC after the model ran, unseen by the
+        listeners; checked here, it is RESOURCE_EXHAUSTED ``response_too_large``.
+        """
         self._models = models
+        self._max_response = max_response_bytes
         self._listeners = tuple(listeners)
         self._annotators = tuple(annotators)
         self._prefix = os.urandom(6).hex()
@@ -157,6 +167,8 @@ class DataPlane:
                     annotator.annotate(model, inputs, outputs, response)
                 except Exception:
                     log.exception("annotator %r failed", annotator)
+            if self._max_response:
+                self._check_size(model, response)
         except RequestError as exc:
             self._emit(
                 RequestRecord(
@@ -245,22 +257,37 @@ class DataPlane:
             done, _ = await asyncio.wait((call.task,), timeout=min(waits, default=None))
         except asyncio.CancelledError:  # the client went away; the call runs on, accounted
             call.abandoned = True
+            if not call.task.done():
+                model.abandoned["cancelled"] += 1
             raise
         if done:
             return call.task.result()
         call.abandoned = True
         if model.timeout and min(waits) == model.timeout:
+            model.abandoned["timeout"] += 1
             raise DeadlineExceededError(
                 f"{where} did not answer within its timeout of {model.timeout:g}s "
                 "(limits.model_timeout_seconds); the request was abandoned"
             )
+        model.abandoned["deadline"] += 1
         raise DeadlineExceededError(f"{where}: the client's deadline passed while the model ran")
+
+    def _check_size(self, model: ServedModel, response: pb.ModelInferResponse) -> None:
+        size = response.ByteSize() + STREAM_FRAMING
+        if size > self._max_response:
+            raise ResourceExhaustedError(
+                f"model {model.name!r} version {model.version}: the response would be "
+                f"{size} bytes, more than the limit grpc.max_message_bytes="
+                f"{self._max_response}; send fewer rows per request or request fewer outputs",
+                reason="response_too_large",
+            )
 
     def _overdue(self, model: ServedModel, call: _Call) -> None:
         if call.task.done():
             return
         call.overdue = True
         model.overdue += 1
+        model.timeouts += 1
         log.error(
             "model %s version %s: a call has run past its %gs timeout; the model is stalled "
             "(refuses new requests) until it returns",

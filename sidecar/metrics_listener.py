@@ -16,6 +16,7 @@ their own through ``AppParts.metrics``.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,8 +31,10 @@ from exporters.http import MetricsHTTPServer
 from exporters.metrics import (
     InflightCount,
     InflightSnapshot,
+    ModelCalls,
     ModelFacts,
     ModelMetrics,
+    ServerState,
     SidecarMetrics,
 )
 from exporters.outputs import OutputMonitoring
@@ -40,7 +43,10 @@ from sidecar.config import MetricsConfig
 from sidecar.dataplane import DataPlane
 from sidecar.events import BaseListener, RequestRecord
 from sidecar.models import ServedModel
-from sidecar.security import ReloadingSSLContext
+from sidecar.security import OUTCOMES, ReloadingSSLContext
+
+if TYPE_CHECKING:
+    from sidecar.server import SidecarServer
 
 
 def output_monitoring(model: ServedModel) -> OutputMonitoring:
@@ -185,3 +191,40 @@ class ServerMetrics:
             )
 
         self.metrics.watch_inflight(snapshot)
+
+    def watch_server(self, server: SidecarServer) -> None:
+        """Export what the server counts in memory, read at scrape time.
+
+        Queue depth, stalls, timeouts and abandoned calls of each ready model
+        version; authorisation outcomes of each configured policy (every outcome,
+        from 0); TLS reloads and failed reloads of each listener that serves TLS.
+        """
+        auth = server.auth
+        listeners = {"grpc": server.tls, "metrics": self.tls}
+        tls = {name: files for name, files in listeners.items() if files is not None}
+
+        def snapshot() -> ServerState:
+            counts = auth.counts
+            return ServerState(
+                models=[
+                    ModelCalls(
+                        m.name,
+                        m.version,
+                        queued=m.queue_depth,
+                        overdue=m.overdue,
+                        timeouts=m.timeouts,
+                        abandoned=dict(m.abandoned),
+                    )
+                    for m in server.plane.models.models
+                    if m.ready
+                ],
+                auth={
+                    (policy, outcome): counts.get((policy, outcome), 0)
+                    for policy in auth.policies
+                    for outcome in OUTCOMES
+                },
+                tls_reloads={name: files.reloads for name, files in tls.items()},
+                tls_reload_failures={name: files.reload_failures for name, files in tls.items()},
+            )
+
+        self.metrics.watch_server(snapshot)

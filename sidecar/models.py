@@ -39,6 +39,9 @@ from sidecar.types import ModelSignature, Prediction, Tensors
 log = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[str, Path, ModelConfig, str], Runtime]
+#: Why a request stopped waiting for a running model call: the model's timeout,
+#: the client's deadline, or the client cancelled. The call itself runs on.
+ABANDON_REASONS = ("timeout", "deadline", "cancelled")
 N = TypeVar("N", int, float)
 
 
@@ -154,6 +157,9 @@ class ServedModel:
     load_seconds: float = 0.0
     inflight: int = 0  # calls inside predict() right now, including overdue ones
     overdue: int = 0  # calls still running past the model's timeout
+    timeouts: int = 0  # calls that ran past the model's timeout, since load
+    #: Calls a request stopped waiting for while the model ran on, by reason (ABANDON_REASONS).
+    abandoned: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ABANDON_REASONS, 0))
     max_concurrent: int = 0  # limit on ``inflight`` (0 = none)
     timeout: float = 0.0  # seconds a call may take (0 = no limit)
     codec: RequestCodec | None = None

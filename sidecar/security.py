@@ -6,6 +6,9 @@ asks it before each TLS handshake, it compares the files' stat stamps and
 re-reads them only when they changed (cert-manager or a Kubernetes secret
 rotating them). A half-written pair (a key that does not match its
 certificate) is not taken; the previous pair stays until the files agree.
+``reloads`` counts rotations taken, ``reload_failures`` changed files that
+could not be used (once per state of the files, not per connection); the
+metrics exporter reads both.
 
 ``Authorizer`` decides per call: a service guarded by a policy needs either a
 bearer token listed in the policy's token file (re-read when it changes) or
@@ -25,6 +28,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
@@ -39,9 +43,25 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 Stamp = tuple[tuple[int, int, int], ...]
 
 
+#: The stamp of files that could not be stat'ed (one missing mid-rotation).
+MISSING: Stamp = ()
+
+
 def _stamp(paths: Sequence[Path]) -> Stamp:
     stats = [os.stat(p) for p in paths]
     return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in stats)
+
+
+class _Reloads(Protocol):
+    reload_failures: int
+
+
+def _failed_once(owner: _Reloads, stamp: Stamp, last: Stamp | None, exc: Exception) -> Stamp:
+    """Count and log a failed reload once per state of the files, not once per connection."""
+    if stamp != last:
+        owner.reload_failures += 1
+        log.warning("TLS files changed but cannot be used (kept the old ones): %s", exc)
+    return stamp
 
 
 class ReloadingCertificates:
@@ -62,6 +82,8 @@ class ReloadingCertificates:
             files = ", ".join(map(str, self._paths))
             raise ConfigError(f"grpc.tls: cannot use {files}: {exc}") from exc
         self.reloads = 0  # successful reloads after start-up
+        self.reload_failures = 0  # changed files that could not be used (once per change)
+        self._failed: Stamp | None = None  # the stamp of the files that last failed
 
     @property
     def mutual(self) -> bool:
@@ -87,19 +109,24 @@ class ReloadingCertificates:
         """A new configuration when the files changed and agree, else None (keep the current)."""
         try:
             with self._lock:
-                stamp = _stamp(self._paths)
+                try:
+                    stamp = _stamp(self._paths)
+                except OSError as exc:  # a file missing mid-rotation
+                    self._failed = _failed_once(self, MISSING, self._failed, exc)
+                    return None
                 if stamp == self._stamp:
                     return None
                 try:
                     config = self._load()
                 except (OSError, ValueError, UnicodeDecodeError, ssl.SSLError) as exc:
-                    log.warning("TLS files changed but cannot be used yet (kept the old): %s", exc)
+                    self._failed = _failed_once(self, stamp, self._failed, exc)
                     return None
                 if _stamp(self._paths) != stamp:  # changed while being read: next handshake
                     return None
                 self._stamp = stamp
                 self._current = config
                 self.reloads += 1
+                self._failed = None
             log.info("TLS certificate files reloaded")
             return config
         except Exception:  # called from gRPC's handshake path: never let it fail
@@ -126,7 +153,9 @@ class ReloadingSSLContext:
         except (OSError, ssl.SSLError) as exc:
             files = ", ".join(map(str, self._paths))
             raise ConfigError(f"{what}: cannot use {files}: {exc}") from exc
-        self.reloads = 0
+        self.reloads = 0  # successful reloads after start-up
+        self.reload_failures = 0  # changed files that could not be used (once per change)
+        self._failed: Stamp | None = None
 
     def _build(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -140,6 +169,7 @@ class ReloadingSSLContext:
     def __call__(self) -> ssl.SSLContext:
         """The context to use for a new connection."""
         with self._lock:
+            stamp: Stamp = MISSING
             try:
                 stamp = _stamp(self._paths)
                 if stamp != self._stamp:
@@ -147,9 +177,10 @@ class ReloadingSSLContext:
                     if _stamp(self._paths) == stamp:
                         self._context, self._stamp = context, stamp
                         self.reloads += 1
+                        self._failed = None
                         log.info("metrics TLS certificate files reloaded")
             except (OSError, ssl.SSLError) as exc:
-                log.warning("TLS files changed but cannot be used yet (kept the old): %s", exc)
+                self._failed = _failed_once(self, stamp, self._failed, exc)
             return self._context
 
 
@@ -211,6 +242,8 @@ UNAUTHENTICATED = Decision(
     "this call needs credentials: a bearer token or an allowed client certificate",
 )
 DENIED = Decision(grpc.StatusCode.PERMISSION_DENIED, "permission denied")
+#: Every outcome ``Authorizer.counts`` knows (a fixed set: metric label values).
+OUTCOMES = ("allowed", "unauthenticated", "permission_denied")
 
 
 class _Policy:
@@ -235,10 +268,16 @@ class Authorizer:
                 for service in services:
                     self._by_service[service] = built
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._policies = tuple(sorted({p.name for p in self._by_service.values()}))
 
     def guards(self, service: str) -> bool:
         """True when calls to ``service`` must authenticate."""
         return service in self._by_service
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        """Names of the policies that guard some service (``writes``, ``inference``)."""
+        return self._policies
 
     @property
     def counts(self) -> Mapping[tuple[str, str], int]:

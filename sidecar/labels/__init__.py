@@ -54,7 +54,7 @@ class Labels:
             self.worker, self.joiner, self.metrics, settings.ttl_seconds, clock=clock
         )
         self._registrar = FeedbackRegistrar(
-            FeedbackServicer(self.worker, settings.max_batch_labels)
+            FeedbackServicer(self.worker, settings.max_batch_labels, self.metrics)
         )
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:

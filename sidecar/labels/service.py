@@ -3,7 +3,8 @@
 A thin adapter like the inference servicer: protobuf → ``Label`` → the
 worker's join → protobuf. Errors map to status codes in ``sidecar.servicer``'s
 one place (``_rpc``): a unary batch above ``labels.max_batch_labels`` is
-RESOURCE_EXHAUSTED naming the limit, a store that is down is UNAVAILABLE.
+RESOURCE_EXHAUSTED naming the limit (counted in
+``sidecar_label_requests_refused_total``), a store that is down is UNAVAILABLE.
 Everything else about a label is answered per label.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
+from exporters.labels import LabelMetrics
 from sidecar.errors import ResourceExhaustedError
 from sidecar.labels.join import Label
 from sidecar.labels.worker import StoreWorker
@@ -41,9 +43,12 @@ def label_from_proto(message: fb.Label) -> Label:
 class FeedbackServicer(fb_grpc.FeedbackServiceServicer):
     """Joins labels sent over gRPC to the predictions they belong to."""
 
-    def __init__(self, worker: StoreWorker, max_batch_labels: int) -> None:
+    def __init__(
+        self, worker: StoreWorker, max_batch_labels: int, metrics: LabelMetrics | None = None
+    ) -> None:
         self._worker = worker
         self._max = max_batch_labels
+        self._metrics = metrics
 
     @_rpc
     async def SendLabels(
@@ -51,6 +56,8 @@ class FeedbackServicer(fb_grpc.FeedbackServiceServicer):
     ) -> fb.SendLabelsResponse:
         """A batch of labels; one result per label, in order."""
         if len(request.labels) > self._max:
+            if self._metrics is not None:
+                self._metrics.refused_request("too_many_labels")
             raise ResourceExhaustedError(
                 f"SendLabels takes at most {self._max} labels per call "
                 f"(labels.max_batch_labels), got {len(request.labels)}; "

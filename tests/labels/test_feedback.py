@@ -19,6 +19,7 @@ from sidecar.config import ModelConfig
 from sidecar.labels.store_memory import MemoryStore
 from sidecar.metrics_listener import ServerMetrics
 from sidecar.proto import feedback_pb2 as fb
+from tests.exporters.scrape import scrape
 from tests.helpers import ServerThread, running_server, server_config
 from tests.labels.fakes import ChosenClassRuntime
 from tests.labels.helpers import (
@@ -103,7 +104,12 @@ def test_oversized_unary_batch_is_resource_exhausted(
     served: tuple[ServerThread, AppParts], client: Client
 ) -> None:
     registry = registry_of(served[1])
+    metrics = served[1].metrics
+    assert metrics is not None
+    refused = "sidecar_label_requests_refused_total"
     before = sample(registry, "sidecar_labels_received_total", model="chosen", outcome="unknown_id")
+    refused_before = scrape(metrics.http.port).value(refused, reason="too_many_labels")
+    assert refused_before is not None  # the series exists from the start
     with pytest.raises(grpc.RpcError) as err:
         client.send([class_label(f"r{i}", "chosen", 0) for i in range(101)])
     assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -111,6 +117,8 @@ def test_oversized_unary_batch_is_resource_exhausted(
     assert "max_batch_labels" in (err.value.details() or "")
     after = sample(registry, "sidecar_labels_received_total", model="chosen", outcome="unknown_id")
     assert after == before
+    # counted in the exported metric (read over HTTP from the server's /metrics)
+    assert scrape(metrics.http.port).value(refused, reason="too_many_labels") == refused_before + 1
     assert (
         client.outcomes([class_label(f"r{i}", "chosen", 0) for i in range(100)])
         == ["unknown_id"] * 100

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +23,6 @@ from tests.labels.helpers import (
     class_label,
     label_parts,
     number_label,
-    registry_of,
-    sample,
     wait_for,
 )
 from tests.labels.process import ServerProcess
@@ -117,7 +116,63 @@ def test_label_on_another_replica_matches_exactly_once(
     assert store.pttl(f"replicas:p:3:{made_on_a[0]}") > 0  # Redis keeps the TTL
 
 
-def test_redis_outage_keeps_serving_and_recovers(labels_repo: Path, tmp_path: Path) -> None:
+class Traffic:
+    """Client threads, each on its own channel, that send inference and then a label for
+    each prediction, continuously, until stopped; every answer is kept by phase."""
+
+    def __init__(self, address: str, workers: int = 4) -> None:
+        self.phase = "before"
+        self._lock = threading.Lock()
+        self.inferred: dict[str, Counter[str]] = defaultdict(Counter)  # phase → status
+        self.labelled: dict[str, Counter[str]] = defaultdict(Counter)  # phase → outcome/status
+        self._stop = threading.Event()
+        self._start = threading.Barrier(workers)
+        self._threads = [
+            threading.Thread(target=self._run, args=(address, i), daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, address: str, worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        with Client(address) as client:
+            self._start.wait(10)
+            while not self._stop.is_set():
+                phase = self.phase
+                try:
+                    rid, _ = client.infer("digits", rng.random((2, 64)) * 16)
+                    inferred = "OK"
+                except grpc.RpcError as exc:
+                    rid, inferred = "", exc.code().name
+                with self._lock:
+                    self.inferred[phase][inferred] += 1
+                if not rid:
+                    continue
+                label = class_label(rid, "digits", int(rng.integers(10)), row=int(rng.integers(2)))
+                try:
+                    outcome = client.outcomes([label])[0]
+                except grpc.RpcError as exc:
+                    outcome = exc.code().name
+                with self._lock:
+                    self.labelled[phase][outcome] += 1
+
+    def count(self, phase: str, outcome: str) -> int:
+        """Label answers of ``outcome`` (an outcome or a status name) in ``phase`` so far."""
+        with self._lock:
+            return self.labelled[phase][outcome]
+
+    def stop(self) -> None:
+        """Stop and wait for every worker."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+            assert not thread.is_alive(), "a client thread hung"
+
+
+def test_redis_outage_under_concurrent_traffic_keeps_serving_and_recovers(
+    labels_repo: Path, tmp_path: Path
+) -> None:
     with RedisServer(tmp_path / "redis") as redis_server:
         labels = {
             "backend": "redis",
@@ -128,44 +183,69 @@ def test_redis_outage_keeps_serving_and_recovers(labels_repo: Path, tmp_path: Pa
         }
         config = server_config(labels_repo, labels=labels)
         parts = label_parts(config)
-        with running_server(config, parts) as srv, Client(srv.address) as client:
-            registry = registry_of(parts)
-            rid, _ = client.infer("digits", np.zeros((1, 64)))
-            assert client.outcomes([class_label(rid, "digits", 0)]) == ["matched"]
+        assert parts.metrics is not None
+        with running_server(config, parts) as srv:
+            port = parts.metrics.http.port
 
-            redis_server.stop()
-            served = [client.infer("digits", np.zeros((2, 64)))[0] for _ in range(5)]
-            assert len(set(served)) == 5  # inference goes on
-            wait_for("failed writes to be counted", lambda: sample(
-                registry, "sidecar_predictions_dropped_total", model="digits",
-                reason="store_error") == 10)  # fmt: skip
-            assert sample(registry, "sidecar_label_store_errors_total", backend="redis",
-                          operation="write") >= 1  # fmt: skip
-            with pytest.raises(grpc.RpcError) as err:
-                client.send([class_label(served[0], "digits", 0)])
-            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-            assert "label store unavailable" in (err.value.details() or "")
-            assert sample(registry, "sidecar_labels_received_total", model="digits",
-                          outcome="unknown_id") == 0  # fmt: skip
+            def exported(name: str, **labels: str) -> float:
+                return scrape(port).value(name, **labels) or 0.0
 
-            redis_server.start()  # same port, empty (no persistence)
+            def labelled_predictions() -> float:
+                return sum(
+                    exported("sidecar_labeled_predictions_total", model="digits", version="1",
+                             correct=correct)
+                    for correct in ("true", "false")
+                )  # fmt: skip
 
-            def recovered() -> bool:
-                rid, _ = client.infer("digits", np.zeros((1, 64)))
-                try:
-                    return client.outcomes([class_label(rid, "digits", 0)]) == ["matched"]
-                except grpc.RpcError:
-                    return False
+            traffic = Traffic(srv.address)
+            try:
+                wait_for("labels to match", lambda: traffic.count("before", "matched") >= 20)
 
-            wait_for("labels to match again", recovered, timeout=20)
-            errors_then = sample(registry, "sidecar_label_store_errors_total", backend="redis",
-                                 operation="sweep")  # fmt: skip
-            wait_for(
-                "the pending gauge to refresh",
-                lambda: sample(registry, "sidecar_pending_predictions", model="digits") == 0,
-            )
-            assert sample(registry, "sidecar_label_store_errors_total", backend="redis",
-                          operation="sweep") == errors_then  # fmt: skip
+                traffic.phase = "down"
+                redis_server.stop()
+                wait_for("store errors in the exported metrics", lambda: (
+                    exported("sidecar_label_store_errors_total", backend="redis",
+                             operation="write") >= 1
+                    and exported("sidecar_predictions_dropped_total", model="digits",
+                                 reason="store_error") >= 1
+                ))  # fmt: skip
+                wait_for(
+                    "label calls refused while Redis is down",
+                    lambda: traffic.count("down", "UNAVAILABLE") >= 5,
+                )
+                during = labelled_predictions()
+
+                traffic.phase = "back"
+                redis_server.start()  # same port, empty (no persistence)
+                wait_for("labels to match again", lambda: traffic.count("back", "matched") >= 20)
+                # the accuracy series moves again, in what /metrics exports
+                wait_for("the accuracy series to move", lambda: labelled_predictions() > during)
+            finally:
+                traffic.stop()
+
+            # Serving never failed: every inference of every phase was answered OK.
+            for phase in ("before", "down", "back"):
+                inferred = traffic.inferred[phase]
+                assert set(inferred) == {"OK"} and inferred["OK"] >= 5, (phase, inferred)
+            # Labels: matched before; refused (UNAVAILABLE, retryable) or answered while down;
+            # never another status. A prediction made during the outage was dropped, so its
+            # label is unknown_id once Redis is back.
+            assert set(traffic.labelled["before"]) == {"matched"}
+            for phase in ("down", "back"):
+                assert set(traffic.labelled[phase]) <= {"matched", "unknown_id", "UNAVAILABLE"}
+
+            errors_then = exported("sidecar_label_store_errors_total", backend="redis",
+                                   operation="sweep")  # fmt: skip
+            pending = redis_server.client()
+            try:
+                wait_for("the pending gauge to refresh from Redis", lambda: (
+                    exported("sidecar_pending_predictions", model="digits")
+                    == pending.zcard("sidecar:labels:pending:digits")
+                ))  # fmt: skip
+            finally:
+                pending.close()
+            assert exported("sidecar_label_store_errors_total", backend="redis",
+                            operation="sweep") == errors_then  # fmt: skip
 
 
 def test_redis_without_the_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

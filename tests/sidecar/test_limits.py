@@ -11,12 +11,15 @@ import grpc
 import numpy as np
 import pytest
 
+from exporters.gpu import GpuCollector
 from sidecar.app import AppParts
-from sidecar.config import ModelConfig
+from sidecar.config import BatchingConfig, ModelConfig
+from sidecar.metrics_listener import ServerMetrics
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 from sidecar.runtimes.fakes import BlockingRuntime, EchoRuntime, SumRuntime
 from sidecar.types import TensorSpec
+from tests.exporters.scrape import scrape
 from tests.helpers import RecordingListener, running_server, server_config
 
 
@@ -130,3 +133,98 @@ def test_stream_client_that_does_not_read_holds_the_server_back(tmp_path: Path) 
         ran = settled(lambda: len(echo.calls))
         assert ran < 150, f"the server ran {ran} of 300 messages nobody was reading"
         assert sum(1 for a in answers if not a.error_message) == 300
+
+
+def raw_request(
+    model: str, rows: int, width: int, request_id: str = "", inputs: int = 1
+) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=model, id=request_id)
+    for index in range(inputs):
+        req.inputs.add(
+            name="x" if index == 0 else f"x{index}", datatype="FP32", shape=[rows, width]
+        )
+        req.raw_input_contents.append(np.ones((rows, width), np.float32).tobytes())
+    return req
+
+
+def test_every_exceeded_limit_names_the_limit_and_is_counted_in_metrics(
+    tmp_path: Path, blocking: BlockingRuntime
+) -> None:
+    config = server_config(
+        tmp_path,
+        grpc={"max_message_bytes": 4096},
+        limits={
+            "max_inputs": 2,
+            "max_batch_rows": 240,
+            "max_tensor_elements": 960,
+            "max_request_id_length": 16,
+        },
+    )
+    metrics = ServerMetrics(config.metrics, gpu=GpuCollector(None, lambda: None))
+    batched = BatchingConfig(enabled=True, max_batch_size=4)
+    fakes = [
+        ("sum", SumRuntime(width=4), None),
+        ("wide", SumRuntime(width=16), None),
+        ("batched", SumRuntime(width=4), ModelConfig(batching=batched)),
+        ("slow", blocking, ModelConfig.model_validate({"limits": {"max_concurrent_requests": 1}})),
+    ]
+    # (model, request, the limit as the message names it, reason counted)
+    cases = [
+        ("sum", raw_request("sum", 1, 4, inputs=3), "max_inputs=2", "too_many_inputs"),
+        ("sum", raw_request("sum", 241, 4), "max_batch_rows=240", "too_many_rows"),
+        ("wide", raw_request("wide", 61, 16), "max_tensor_elements=960", "too_many_elements"),
+        ("sum", raw_request("sum", 1, 4, "r" * 17), "max_request_id_length=16",
+         "request_id_too_long"),
+        # 3.9 KB in, 4.9 KB out (the sums and the echo): the model ran, the answer cannot go
+        ("sum", raw_request("sum", 240, 4), "grpc.max_message_bytes=4096", "response_too_large"),
+        ("batched", raw_request("batched", 5, 4), "batching.max_batch_size=4", "too_many_rows"),
+    ]  # fmt: skip
+    with (
+        running_server(config, AppParts(metrics=metrics), fakes) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for model, req, limit, _ in cases:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(req, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, model
+            assert limit in (refused.value.details() or ""), refused.value.details()
+        running = stub.ModelInfer.future(raw_request("slow", 1, 4), timeout=30)
+        wait_entered(blocking, 1)
+        with pytest.raises(grpc.RpcError) as busy:
+            stub.ModelInfer(raw_request("slow", 1, 4), timeout=30)
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_concurrent_requests=1" in (busy.value.details() or "")
+        blocking.release.set()
+        assert running.result().model_name == "slow"
+        # A streamed answer over the limit fails that message only, not the stream.
+        stream = stub.ModelStreamInfer(
+            iter([raw_request("sum", 240, 4), raw_request("sum", 2, 4)]), timeout=30
+        )
+        answers = sorted(stream, key=lambda a: len(a.error_message))
+        assert answers[0].error_message == ""
+        assert "grpc.max_message_bytes=4096" in answers[1].error_message
+        # Larger than the message limit on the way in: gRPC refuses it before any of our
+        # code runs (so it cannot be counted); its message names the limit.
+        with pytest.raises(grpc.RpcError) as too_big:
+            stub.ModelInfer(raw_request("sum", 300, 4), timeout=30)
+        assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "vs. 4096" in (too_big.value.details() or "")
+
+        got = scrape(metrics.http.port)
+        expected = {
+            ("sum", "too_many_inputs"): 1,
+            ("sum", "too_many_rows"): 1,
+            ("wide", "too_many_elements"): 1,
+            ("sum", "request_id_too_long"): 1,
+            ("sum", "response_too_large"): 2,  # unary and streamed
+            ("batched", "too_many_rows"): 1,
+            ("slow", "concurrency_limit"): 1,
+        }
+        counted = {
+            key: got.value("sidecar_rejected_requests_total", model=key[0], reason=key[1])
+            for key in expected
+        }
+        assert counted == expected
+        exhausted = {"version": "1", "code": "RESOURCE_EXHAUSTED"}
+        assert got.value("sidecar_inference_requests_total", model="sum", **exhausted) == 5
