@@ -217,9 +217,9 @@ class DataPlane:
 
         A call the runtime knows to be fast (``predict_inline``) runs right here,
         on the event loop. Any other model call runs in its own task and is never
-        cancelled: a call stuck in
-        an executor thread cannot be stopped, so it is accounted for (``inflight``,
-        and ``overdue`` once past the model's timeout) until it really returns.
+        cancelled: a call stuck in an executor thread cannot be stopped, so it is
+        accounted for (``inflight``, and ``overdue`` once past the model's
+        timeout) until it really returns.
         The request itself stops waiting at the model's timeout or the client's
         deadline, whichever comes first.
         """
