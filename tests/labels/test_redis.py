@@ -15,6 +15,7 @@ import redis
 from sidecar.config import LabelStoreConfig
 from sidecar.errors import MissingDependencyError
 from sidecar.labels.store import create_store
+from sidecar.labels.store_redis import shared_store_name
 from tests.exporters.scrape import scrape
 from tests.helpers import running_server, server_config
 from tests.labels.helpers import (
@@ -128,6 +129,7 @@ def test_redis_outage_keeps_serving_and_recovers(labels_repo: Path, tmp_path: Pa
         }
         config = server_config(labels_repo, labels=labels)
         parts = label_parts(config)
+        store = shared_store_name(redis_server.url, config.labels.key_prefix)
         with running_server(config, parts) as srv, Client(srv.address) as client:
             registry = registry_of(parts)
             rid, _ = client.infer("digits", np.zeros((1, 64)))
@@ -162,7 +164,12 @@ def test_redis_outage_keeps_serving_and_recovers(labels_repo: Path, tmp_path: Pa
                                  operation="sweep")  # fmt: skip
             wait_for(
                 "the pending gauge to refresh",
-                lambda: sample(registry, "sidecar_pending_predictions", model="digits") == 0,
+                lambda: (
+                    registry.get_sample_value(
+                        "sidecar_pending_predictions", {"model": "digits", "store": store}
+                    )
+                    == 0
+                ),
             )
             assert sample(registry, "sidecar_label_store_errors_total", backend="redis",
                           operation="sweep") == errors_then  # fmt: skip
@@ -173,3 +180,19 @@ def test_redis_without_the_package_names_the_extra(monkeypatch: pytest.MonkeyPat
     store = create_store(LabelStoreConfig(backend="redis", url="redis://127.0.0.1:1/0"))
     with pytest.raises(MissingDependencyError, match=r"pip install 'inference-sidecar\[redis\]'"):
         store.open()
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("redis://:secret@redis.serving.svc:6379/0", "redis://redis.serving.svc:6379/0#p:"),
+        ("redis://redis", "redis://redis:6379/0#p:"),
+        ("rediss://user:pw@[::1]:7000/3?ssl_cert_reqs=none", "rediss://[::1]:7000/3#p:"),
+        ("unix:///run/redis.sock?db=2&password=pw", "unix:///run/redis.sock?db=2#p:"),
+    ],
+)
+def test_shared_store_name_leaves_out_credentials(url: str, name: str) -> None:
+    """The pending gauge's store label names the shared store, never its password."""
+    assert shared_store_name(url, "p:") == name
+    store = create_store(LabelStoreConfig(backend="redis", url=url, key_prefix="p:"))
+    assert store.scope == name
