@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -46,7 +47,8 @@ from tests.prom import Prometheus, prometheus
 #: Grafana's variables as Grafana would send them with "All" selected.
 VARIABLES = {"$__rate_interval": "1m", "$model": ".*", "$version": ".*"}
 #: Panels that must show data once the servers have served classification and
-#: regression requests, evaluated a drift window and joined labels.
+#: regression requests (and refused two: too many rows), evaluated a drift
+#: window and joined labels: all of them.
 CORE = {
     "overview": {
         "Requests/s",
@@ -57,6 +59,7 @@ CORE = {
         "Rows/s",
         "Mean batch size",
         "In flight",
+        "Refused/s",
     },
     "quality": {
         "Drift detected",
@@ -79,15 +82,21 @@ CORE = {
         "GPU power",
     },
 }
-#: Panels without a non-core reason to stay empty here: "Refused/s" needs a
-#: refused request (limits, a full queue, shutdown), which this traffic never causes.
-NOT_CORE = {"overview": {"Refused/s"}, "quality": set()}
 #: Core panels whose series carry no `model` label (per GPU, or per class pair).
 NO_MODEL_LABEL = {"GPU memory used", "GPU utilisation", "GPU power", "Confusion matrix"}
 
 #: Drift window of the digits example (its config.yaml), sent as requests of ROWS rows.
 WINDOW, ROWS = 400, 25
+#: limits.max_batch_rows of the replicas: a request with more rows is refused.
+MAX_ROWS = 64
 DIGITS = MODEL_REPOSITORY / "digits"
+
+
+def refuse(client: Client, rows: np.ndarray) -> None:
+    """One request above limits.max_batch_rows: refused before inference."""
+    with pytest.raises(grpc.RpcError) as refused:
+        client.infer("digits", rows[: MAX_ROWS + 1])
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def _wait_for_rules(prom: Prometheus, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -168,7 +177,7 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
             "flush_interval_ms": 20,
             "sweep_interval_seconds": 0.2,
         }
-        config = server_config(repository, labels=labels)
+        config = server_config(repository, labels=labels, limits={"max_batch_rows": MAX_ROWS})
         fake_gpu = GpuCollector(FakeNvml([FakeGpu()]), lambda: None)
         metrics = [
             ServerMetrics(config.metrics, gpu=fake_gpu),
@@ -207,6 +216,7 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
                 for row, value in enumerate(values)
             ]
             assert on_b.outcomes(sent) == ["matched"] * len(sent)
+            refuse(on_a, holdout)
 
         prom.wait_for(
             'sum(sidecar_inference_requests_total{code="OK"})',
@@ -218,6 +228,11 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
         )
         prom.wait_for('sum(sidecar_labels_received_total{outcome="matched"})', lambda v: v == 200)
         prom.wait_for_next_scrape("sidecar")
+        # A refusal reason's series starts at its first refusal, which rate() cannot
+        # see; the second one, after a scrape saw the first, it can.
+        with Client(a.address) as on_a:
+            refuse(on_a, holdout)
+        prom.wait_for("sum(sidecar_rejected_requests_total)", lambda v: v == 2)
 
         # Every rule loaded and evaluates on real series without an error.
         loaded = _wait_for_rules(prom, len(all_rules()))
@@ -233,10 +248,14 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
         results = _wait_for_panels(prom, _core_missing)
         for name, board in dashboards().items():
             titles = {p["title"] for p in panels(board) if p["type"] != "row"}
-            assert titles == CORE[name] | NOT_CORE[name], f"{name}: say whether each is core"
+            assert titles == CORE[name], f"{name}: a panel this test does not know"
             for title in CORE[name] - NO_MODEL_LABEL:
                 served = {r["metric"].get("model") for r in results[(name, title)]}
                 assert served & {"digits", "diabetes"}, (title, served)
+        refused = {
+            r["metric"]["reason"]: float(r["value"][1]) for r in results[("overview", "Refused/s")]
+        }
+        assert refused["too_many_rows"] > 0, refused
         gpus = {r["metric"].get("gpu") for r in results[("quality", "GPU memory used")]}
         assert gpus == {"0"}  # the fake device, on replica A only
 
