@@ -37,6 +37,10 @@ CLASS_OUTCOMES: Final = ("tp", "fp", "fn")
 STORE_OPERATIONS: Final = ("open", "write", "read", "sweep")
 #: Why a FeedbackService call was refused before any of its labels was looked at.
 REFUSE_REASONS: Final = ("too_many_labels",)
+#: The ``store`` label of ``sidecar_pending_predictions`` for a store only this
+#: process holds (memory, SQLite): its counts add up across replicas. A shared
+#: store (Redis) is named instead, and every replica reports the same count for it.
+LOCAL_STORE: Final = "local"
 
 _Key = tuple[str, ...]
 
@@ -50,8 +54,10 @@ class LabelMetrics:
         delay_buckets: Sequence[float],
         error_buckets: Sequence[float],
         backend: str,
+        store: str = LOCAL_STORE,
     ) -> None:
         self.backend = backend
+        self.store = store
         self.received = Counter(
             "sidecar_labels_received",
             "Labels received on FeedbackService, by outcome (matched, unknown_id, expired, "
@@ -89,9 +95,10 @@ class LabelMetrics:
         )
         self.pending = Gauge(
             "sidecar_pending_predictions",
-            "Predictions waiting for a label in the store (with a shared Redis store every "
-            "replica reports the shared count).",
-            ["model"],
+            "Predictions waiting for a label in the store; store is 'local' for a store of "
+            "this process (sum across replicas), else the shared store every replica reports "
+            "the same count of (count it once: max by store).",
+            ["model", "store"],
             registry=registry,
         )
         self.expired = Counter(
@@ -193,7 +200,7 @@ class LabelMetrics:
             self._counter(self.dropped, "dropped", (model, reason))
         self._counter(self.expired, "expired", (model,))
         self._counter(self.recorded, "recorded", (model, version))
-        self.pending.labels(model)
+        self.pending.labels(model, self.store)
         self._histogram(self.delay, "delay", (model,))
         if class_names:
             for correct in ("true", "false"):
@@ -272,7 +279,7 @@ class LabelMetrics:
 
     def set_pending(self, model: str, count: int) -> None:
         """The store holds ``count`` predictions of ``model`` waiting for a label."""
-        self.pending.labels(model).set(count)
+        self.pending.labels(model, self.store).set(count)
 
     def store_error(self, operation: str) -> None:
         """A store operation (write, read, sweep, open) failed."""

@@ -469,10 +469,18 @@ def quality() -> dash.Dashboard:
     board = board.with_panel(
         _series(
             "Pending predictions",
-            "Predictions waiting for their label, and labels received by outcome.",
+            "Predictions waiting for their label (a shared Redis store counted once), and "
+            "labels received by outcome.",
             "short",
             [
-                _query(f"sum by (model) (sidecar_pending_predictions{{{MODEL}}})", "{{model}}"),
+                _query(
+                    # A shared (Redis) store reports the same count on every replica:
+                    # once per store; local stores (memory, SQLite) add up.
+                    f'sum by (model) (sidecar_pending_predictions{{{MODEL}, store="local"}} '
+                    "or max by (namespace, model, store) "
+                    f'(sidecar_pending_predictions{{{MODEL}, store!="local"}}))',
+                    "{{model}}",
+                ),
                 _query(
                     f"sum by (model, outcome) (increase(sidecar_labels_received_total{{{MODEL}}}"
                     f"[{RATE}]))",

@@ -44,7 +44,11 @@ class Labels:
         self.registry = registry
         self.store = store or create_store(settings)
         self.metrics = LabelMetrics(
-            registry, settings.delay_buckets, settings.error_buckets, self.store.backend
+            registry,
+            settings.delay_buckets,
+            settings.error_buckets,
+            self.store.backend,
+            self.store.scope,
         )
         self.joiner = LabelJoiner(
             self.store, self.metrics, max_row=config.limits.max_batch_rows - 1, clock=clock

@@ -46,6 +46,13 @@ class PredictionStore(Protocol):
         """``memory``, ``sqlite`` or ``redis`` (a metric label value)."""
         ...
 
+    @property
+    def scope(self) -> str:
+        """``local`` when only this process holds the store (memory, SQLite), else which
+        shared store it is, without credentials: the ``store`` label of
+        ``sidecar_pending_predictions``, so that queries count a shared store once."""
+        ...
+
     def open(self) -> None:
         """Connect, create the schema, load counts; raises StoreError."""
         ...

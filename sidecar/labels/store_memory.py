@@ -19,6 +19,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
+from exporters.labels import LOCAL_STORE
 from sidecar.labels.types import (
     AttachResult,
     Found,
@@ -46,6 +47,8 @@ class MemoryStore:
     """Predictions in this process's memory; lost on restart."""
 
     backend = "memory"
+
+    scope = LOCAL_STORE
 
     def __init__(self, max_entries: int, remember_seconds: float) -> None:
         self._max = max_entries

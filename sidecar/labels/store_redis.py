@@ -31,6 +31,7 @@ import math
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from sidecar.errors import MissingDependencyError
 from sidecar.labels.errors import StoreError
@@ -154,6 +155,26 @@ return {expired, evicted, redis.call('ZCARD', KEYS[1]), #keys}
 """
 
 
+def shared_store_name(url: str, prefix: str) -> str:
+    """Which shared store ``url`` and ``prefix`` are, with no credentials or options:
+    ``redis://host:6379/0#prefix`` (``unix:///path?db=0#prefix`` for a socket). Replicas
+    configured with the same URL and prefix share one store and get the same name."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "unix":
+        db = query.get("db", ["0"])[0]
+        return f"unix://{parts.path}?db={db}#{prefix}"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port or 6379
+    except ValueError:  # redis-py refuses it when the store opens; keep the name readable
+        port = 6379
+    db = parts.path.strip("/") or query.get("db", ["0"])[0]
+    return f"{parts.scheme}://{host}:{port}/{db}#{prefix}"
+
+
 def import_redis() -> Any:
     """The ``redis`` package, or MissingDependencyError naming the extra to install."""
     try:
@@ -180,6 +201,8 @@ class RedisStore:
     ) -> None:
         self._url = url
         self._prefix = prefix
+        #: The ``store`` label of the pending gauge: the same on every replica sharing it.
+        self.scope = shared_store_name(url, prefix)
         self._max = max_entries
         self._remember_ms = max(int(remember_seconds * 1000), 1)
         self._timeout = timeout_seconds

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from exporters.labels import LOCAL_STORE
 from sidecar.labels.errors import StoreError
 from sidecar.labels.types import (
     AttachResult,
@@ -79,6 +80,8 @@ class SqliteStore:
     """Predictions in a SQLite file (WAL mode)."""
 
     backend = "sqlite"
+
+    scope = LOCAL_STORE
 
     def __init__(self, path: Path, max_entries: int, remember_seconds: float) -> None:
         self._path = path

@@ -205,9 +205,37 @@ def check_operator_objects(objects: Sequence[dict[str, Any]]) -> None:
 
 
 def _check_endpoint(endpoint: Mapping[str, Any], ports: set[str]) -> None:
-    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}, endpoint
+    keys = {"port", "path", "interval", "scrapeTimeout", "scheme", "tlsConfig"}
+    assert set(endpoint) <= keys, endpoint
     assert endpoint["port"] in ports, f"port {endpoint['port']} not in {sorted(ports)}"
     assert endpoint["path"] == "/metrics"
     for key in ("interval", "scrapeTimeout"):
         if key in endpoint:
             assert _DURATION.match(endpoint[key]), endpoint
+    assert endpoint.get("scheme", "http") in ("http", "https"), endpoint
+    if "tlsConfig" in endpoint:
+        assert endpoint.get("scheme") == "https", "a tlsConfig without scheme https is unused"
+        _check_tls_config(endpoint["tlsConfig"])
+
+
+def _secret_key(ref: Any) -> None:
+    """A SecretKeySelector: {name, key}, both non-empty strings."""
+    assert isinstance(ref, dict) and set(ref) == {"name", "key"}, ref
+    assert all(isinstance(v, str) and v for v in ref.values()), ref
+
+
+def _check_tls_config(tls: Mapping[str, Any]) -> None:
+    """The Operator's SafeTLSConfig (the part of it the chart renders): ca and cert are
+    SecretOrConfigMap ({secret: SecretKeySelector}), keySecret a SecretKeySelector, and a
+    client certificate comes with its key."""
+    assert set(tls) <= {"serverName", "ca", "cert", "keySecret", "insecureSkipVerify"}, tls
+    assert isinstance(tls.get("serverName", ""), str)
+    assert isinstance(tls.get("insecureSkipVerify", False), bool)
+    for key in ("ca", "cert"):
+        if key in tls:
+            assert set(tls[key]) == {"secret"}, tls[key]
+            _secret_key(tls[key]["secret"])
+    assert ("cert" in tls) == ("keySecret" in tls), "a client certificate needs its key"
+    if "keySecret" in tls:
+        _secret_key(tls["keySecret"])
+    assert "ca" in tls or tls.get("insecureSkipVerify"), "the server certificate is never checked"

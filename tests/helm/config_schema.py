@@ -74,6 +74,14 @@ def generate() -> dict[str, Any]:
         port = defs[section]["properties"]["port"]
         port["minimum"] = 1
         port["description"] = "a fixed port: the Service, the probes and Prometheus use it"
+    health = defs["GrpcConfig"]["properties"]["health_port"]
+    for branch in health["anyOf"]:
+        if branch.get("type") == "integer":
+            branch["minimum"] = 1
+    health["description"] = (
+        "a fixed plaintext port serving only grpc.health.v1: the chart points the probes "
+        "at it (required with grpc.tls, since the probes cannot speak TLS)"
+    )
     for section in ("ServerConfig", "ModelConfig"):
         prop = defs[section]["properties"]["device"]
         if "anyOf" in prop:

@@ -117,6 +117,64 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "labels": {"redis": {"existingSecret": "label-store", "existingSecretKey": "redis-url"}},
         "terminationGracePeriodSeconds": 120,
     },
+    "tls-servicemonitor": {
+        "config": {
+            "grpc": {
+                "tls": {
+                    "cert_file": "/etc/sidecar-tls/tls.crt",
+                    "key_file": "/etc/sidecar-tls/tls.key",
+                },
+                "health_port": 8003,
+            },
+            "metrics": {
+                "tls": {
+                    "cert_file": "/etc/sidecar-tls/tls.crt",
+                    "key_file": "/etc/sidecar-tls/tls.key",
+                }
+            },
+        },
+        "extraVolumes": [{"name": "tls", "secret": {"secretName": "sidecar-tls"}}],
+        "extraVolumeMounts": [{"name": "tls", "mountPath": "/etc/sidecar-tls", "readOnly": True}],
+        "prometheus": {
+            "monitor": {
+                "tls": {"serverName": "scorer.example", "ca": {"secretName": "sidecar-tls"}}
+            }
+        },
+    },
+    "sidecar-mtls-podmonitor": {
+        "mode": "sidecar",
+        "app": APP,
+        "config": {
+            "grpc": {
+                "port": 9001,
+                "tls": {
+                    "cert_file": "/etc/sidecar-tls/tls.crt",
+                    "key_file": "/etc/sidecar-tls/tls.key",
+                    "client_ca_file": "/etc/sidecar-tls/ca.crt",
+                },
+                "health_port": 9003,
+            },
+            "metrics": {
+                "port": 9002,
+                "tls": {
+                    "cert_file": "/etc/sidecar-tls/tls.crt",
+                    "key_file": "/etc/sidecar-tls/tls.key",
+                    "client_ca_file": "/etc/sidecar-tls/ca.crt",
+                },
+            },
+        },
+        "extraVolumes": [{"name": "tls", "secret": {"secretName": "sidecar-tls"}}],
+        "extraVolumeMounts": [{"name": "tls", "mountPath": "/etc/sidecar-tls", "readOnly": True}],
+        "prometheus": {
+            "monitor": {
+                "kind": "PodMonitor",
+                "tls": {
+                    "ca": {"secretName": "sidecar-ca", "key": "root.pem"},
+                    "clientCert": {"secretName": "prometheus-client"},
+                },
+            }
+        },
+    },
     "metrics-off": {
         "config": {"metrics": {"enabled": False}},
         "podDisruptionBudget": {"enabled": False},
@@ -218,11 +276,22 @@ def test_server_container_is_hardened(rendered: list[dict[str, Any]]) -> None:
 
 
 def test_probes_use_the_grpc_health_service(rendered: list[dict[str, Any]], scenario: str) -> None:
+    """On the gRPC port, or on the plaintext health port when there is one (with TLS on
+    the gRPC port there must be: kubelet's gRPC probes cannot speak TLS)."""
     server = container(pod_spec(rendered), "server")
-    port = SCENARIOS[scenario].get("config", {}).get("grpc", {}).get("port", 8001)
+    grpc = SCENARIOS[scenario].get("config", {}).get("grpc", {})
+    port = grpc.get("port", 8001)
+    health = grpc.get("health_port")
+    if "tls" in grpc:
+        assert health is not None
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["grpc"] == {"port": port}, probe
+        assert server[probe]["grpc"] == {"port": health or port}, probe
     assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in server["ports"]
+    health_ports = [p for p in server["ports"] if p["name"] == "grpc-health"]
+    if health is None:
+        assert health_ports == []
+    else:
+        assert health_ports == [{"name": "grpc-health", "containerPort": health, "protocol": "TCP"}]
 
 
 def test_termination_grace_outlasts_the_drain(
@@ -254,15 +323,22 @@ def test_scraping(rendered: list[dict[str, Any]], scenario: str, apis: tuple[str
         assert [p["name"] for p in server["ports"]] == ["grpc"]
         return
     assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in server["ports"]
+    https = "tls" in values.get("config", {}).get("metrics", {})
     if apis:
         kind = values.get("prometheus", {}).get("monitor", {}).get("kind", "ServiceMonitor")
         assert [m["kind"] for m in monitors] == [kind]
         assert "prometheus.io/scrape" not in annotations
+        endpoints = monitors[0]["spec"][
+            "endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"
+        ]
+        assert [e.get("scheme", "http") for e in endpoints] == ["https" if https else "http"]
+        assert all(("tlsConfig" in e) == https for e in endpoints)
     else:
         assert not monitors
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/port"] == str(port)
         assert annotations["prometheus.io/path"] == "/metrics"
+        assert annotations.get("prometheus.io/scheme", "http") == ("https" if https else "http")
 
 
 # --------------------------------------------------------------------------- modes
@@ -475,3 +551,76 @@ def test_names_and_labels(helm: Helm) -> None:
         assert obj["metadata"]["name"].startswith("scorer"), obj["kind"]
         assert obj["metadata"]["labels"]["team"] == "ml", obj["kind"]
         assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def test_probes_move_to_the_health_port_with_tls(helm: Helm) -> None:
+    """kubelet's gRPC probes cannot speak TLS: with TLS on the gRPC port they call the
+    plaintext config.grpc.health_port, which the container opens (not the Service)."""
+    plain = container(pod_spec(render(helm, {})), "server")
+    values = SCENARIOS["tls-servicemonitor"]
+    objects = render(helm, values)
+    server = container(pod_spec(objects), "server")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert plain[probe]["grpc"] == {"port": 8001}, probe
+        assert server[probe]["grpc"] == {"port": 8003}, probe
+        assert {k: v for k, v in server[probe].items() if k != "grpc"} == {
+            k: v for k, v in plain[probe].items() if k != "grpc"
+        }
+    assert [p["name"] for p in plain["ports"]] == ["grpc", "metrics"]
+    assert [p["name"] for p in server["ports"]] == ["grpc", "grpc-health", "metrics"]
+    service_ports = {p["name"] for p in one(objects, "Service")["spec"]["ports"]}
+    assert service_ports == {"grpc", "metrics"}
+    assert {"name": "tls", "mountPath": "/etc/sidecar-tls", "readOnly": True} in server[
+        "volumeMounts"
+    ]
+    # a health port without TLS is used by the probes too, and the service name stays
+    named = {"config": {"grpc": {"health_port": 8003}}, "probes": {"service": "digits"}}
+    server = container(pod_spec(render(helm, named)), "server")
+    assert server["livenessProbe"]["grpc"] == {"port": 8003, "service": "digits"}
+
+
+def test_server_serves_the_health_port_the_probes_call(helm: Helm, tmp_path: Path) -> None:
+    """The rendered sidecar.yaml gives the server the port the probes call."""
+    objects = render(helm, SCENARIOS["sidecar-mtls-podmonitor"])
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(config_map(objects)["data"]["sidecar.yaml"])
+    config = load_server_config(path, env={})
+    assert config.grpc.tls.enabled and config.grpc.health_port == 9003
+    server = container(pod_spec(objects), "server")
+    assert server["readinessProbe"]["grpc"]["port"] == config.grpc.health_port
+
+
+def test_monitor_scrapes_https_with_the_ca_and_client_certificate(helm: Helm) -> None:
+    service_monitor = one(render(helm, SCENARIOS["tls-servicemonitor"], True), "ServiceMonitor")
+    [endpoint] = service_monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "serverName": "scorer.example",
+        "ca": {"secret": {"name": "sidecar-tls", "key": "ca.crt"}},
+    }
+    pod_monitor = one(render(helm, SCENARIOS["sidecar-mtls-podmonitor"], True), "PodMonitor")
+    [endpoint] = pod_monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "serverName": "demo-inference-sidecar.serving.svc",  # the default: the Service's name
+        "ca": {"secret": {"name": "sidecar-ca", "key": "root.pem"}},
+        "cert": {"secret": {"name": "prometheus-client", "key": "tls.crt"}},
+        "keySecret": {"name": "prometheus-client", "key": "tls.key"},
+    }
+    skip = merge(
+        SCENARIOS["tls-servicemonitor"],
+        {
+            "prometheus": {
+                "monitor": {"tls": {"ca": {"secretName": ""}, "insecureSkipVerify": True}}
+            }
+        },
+    )
+    [endpoint] = one(render(helm, skip, True), "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"] == {"serverName": "scorer.example", "insecureSkipVerify": True}
+    # plain HTTP metrics: no scheme, no tlsConfig, whatever prometheus.monitor.tls says
+    plain = {"prometheus": SCENARIOS["tls-servicemonitor"]["prometheus"]}
+    [endpoint] = one(render(helm, plain, True), "ServiceMonitor")["spec"]["endpoints"]
+    assert "scheme" not in endpoint and "tlsConfig" not in endpoint

@@ -138,6 +138,31 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         {"config": {"metrics": {"port": 8001}}},
         "config.grpc.port and config.metrics.port are both 8001",
     ),
+    "TLS on the gRPC port without a plaintext health port for the probes": (
+        {"config": {"grpc": {"tls": {"cert_file": "/t/tls.crt", "key_file": "/t/tls.key"}}}},
+        "config.grpc.tls.cert_file is set (TLS on the gRPC port) but config.grpc.health_port "
+        "is not: Kubernetes' gRPC probes cannot speak TLS",
+    ),
+    "health port on the gRPC port": (
+        {"config": {"grpc": {"health_port": 8001}}},
+        "config.grpc.health_port and config.grpc.port are both 8001",
+    ),
+    "health port on the metrics port": (
+        {"config": {"grpc": {"health_port": 8002}}},
+        "config.grpc.health_port and config.metrics.port are both 8002",
+    ),
+    "health port 0 (any free port) cannot be probed": (
+        {"config": {"grpc": {"health_port": 0}}},
+        "at '/config/grpc/health_port'",
+    ),
+    "app port that collides with the health port": (
+        {
+            **SIDECAR,
+            "app": {"image": "a:1", "ports": [{"name": "h", "containerPort": 8003}]},
+            "config": {"grpc": {"health_port": 8003}},
+        },
+        "app.ports: containerPort 8003 is the server's port",
+    ),
     "app port that collides with the server": (
         {**SIDECAR, "app": {"image": "a:1", "ports": [{"name": "m", "containerPort": 8002}]}},
         "app.ports: containerPort 8002 is the server's port",
@@ -216,3 +241,41 @@ def test_helm_install_rejects_bad_values_and_prints_notes(helm: Helm) -> None:
     notes = good.stdout[good.stdout.index("NOTES:") :]
     assert 'The application container "app" reaches the server at localhost:8001' in notes
     assert "prometheus.io/* scrape annotations" in notes
+
+
+METRICS_TLS = {"cert_file": "/t/tls.crt", "key_file": "/t/tls.key"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"config": {"metrics": {"tls": METRICS_TLS}}},
+            "config.metrics.tls is on (HTTPS metrics port) and the chart renders a monitor: "
+            "set prometheus.monitor.tls.ca.secretName",
+        ),
+        (
+            {
+                "config": {"metrics": {"tls": {**METRICS_TLS, "client_ca_file": "/t/ca.crt"}}},
+                "prometheus": {"monitor": {"tls": {"ca": {"secretName": "ca"}}}},
+            },
+            "config.metrics.tls.client_ca_file is set (mutual TLS on the metrics port): "
+            "set prometheus.monitor.tls.clientCert.secretName",
+        ),
+        (
+            {"prometheus": {"monitor": {"tls": {"ca": {"secretName": "ca", "key": ""}}}}},
+            "at '/prometheus/monitor/tls/ca/key'",
+        ),
+        (
+            {"prometheus": {"monitor": {"tls": {"caSecret": "ca"}}}},
+            "at '/prometheus/monitor/tls': additional properties 'caSecret' not allowed",
+        ),
+    ],
+)
+def test_https_metrics_need_what_prometheus_verifies_with(
+    helm: Helm, values: dict[str, Any], message: str
+) -> None:
+    """With the Operator the monitor must be able to verify (and, for mutual TLS,
+    authenticate to) the HTTPS metrics port; without it the annotations say https."""
+    error = helm.template_error(values, (OPERATOR_API,))
+    assert message in error, error

@@ -153,3 +153,59 @@ def test_chart_ships_each_dashboard_for_grafanas_sidecar(helm: Helm) -> None:
             assert configmap["metadata"]["annotations"] == {"grafana_folder": "Inference"}
     disabled = helm.template({"grafana": {"dashboards": {"enabled": False}}})
     assert not [o for o in find(disabled, "ConfigMap") if "grafana_dashboard" in str(o)]
+
+
+def _panel(board: str, title: str) -> dict[str, Any]:
+    found = [p for p in panels(dashboards()[board]) if p["title"] == title]
+    assert len(found) == 1, f"{board}: {len(found)} panels titled {title!r}"
+    return found[0]
+
+
+def test_pending_panel_counts_a_shared_store_once(promtool: str, tmp_path: Path) -> None:
+    """Two replicas sharing a Redis store report its count each: the panel counts it once;
+    replicas with local stores (memory, SQLite) hold different predictions: they add up."""
+    expr = _panel("quality", "Pending predictions")["targets"][0]["expr"]
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    shared = "redis://redis:6379/0#sidecar:labels:"
+    series = [
+        # namespace ml: two replicas, one shared store holding 7 pending predictions
+        ("ml", "p1", "digits", shared, 7),
+        ("ml", "p2", "digits", shared, 7),
+        # namespace dev: two replicas with their own memory stores
+        ("dev", "q1", "digits", "local", 3),
+        ("dev", "q2", "digits", "local", 4),
+        # another model on the shared store
+        ("ml", "p1", "wine", shared, 2),
+        ("ml", "p2", "wine", shared, 2),
+    ]
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": f'sidecar_pending_predictions{{namespace="{ns}", pod="{pod}", '
+                        f'model="{model}", store="{store}"}}',
+                        "values": f"{value}x10",
+                    }
+                    for ns, pod, model, store, value in series
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "5m",
+                        "exp_samples": [
+                            {"labels": '{model="digits"}', "value": 7 + 3 + 4},
+                            {"labels": '{model="wine"}', "value": 2},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "pending_test.yaml"
+    path.write_text(yaml.safe_dump(tests))
+    run_promtool(promtool, "test", "rules", str(path))

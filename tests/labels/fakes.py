@@ -6,6 +6,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
+from exporters.labels import LOCAL_STORE
 from sidecar.labels.errors import StoreError
 from sidecar.labels.store_memory import MemoryStore
 from sidecar.labels.types import (
@@ -25,6 +26,8 @@ class FlakyStore(MemoryStore):
     """A MemoryStore whose operations raise StoreError while ``broken`` is set."""
 
     backend = "flaky"
+
+    scope = LOCAL_STORE
 
     def __init__(self, max_entries: int = 1000, remember_seconds: float = 60.0) -> None:
         super().__init__(max_entries, remember_seconds)

@@ -171,7 +171,7 @@ def test_predictions_expire_after_their_ttl(labels_repo: Path) -> None:
             "3 predictions to expire",
             lambda: sample(registry, "sidecar_predictions_expired_total", model="digits") == 3,
         )
-        assert sample(registry, "sidecar_pending_predictions", model="digits") == 0
+        assert sample(registry, "sidecar_pending_predictions", model="digits", store="local") == 0
         labels = [class_label(request_id, "digits", "zero", row=i) for i in range(3)]
         assert client.outcomes(labels) == ["expired"] * 3
         assert sample(registry, "sidecar_predictions_expired_total", model="digits") == 3
@@ -213,7 +213,10 @@ def test_memory_store_stays_bounded_under_a_flood(labels_repo: Path) -> None:
                       reason="evicted") == 800  # fmt: skip
         wait_for(
             "pending gauge at the bound",
-            lambda: sample(registry, "sidecar_pending_predictions", model="digits") == 200,
+            lambda: (
+                sample(registry, "sidecar_pending_predictions", model="digits", store="local")
+                == 200
+            ),
         )
         # the newest predictions are the ones kept
         assert client.outcomes([class_label(ids[-1], "digits", 0, row=19)]) == ["matched"]

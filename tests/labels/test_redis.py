@@ -16,6 +16,7 @@ import redis
 from sidecar.config import LabelStoreConfig
 from sidecar.errors import MissingDependencyError
 from sidecar.labels.store import create_store
+from sidecar.labels.store_redis import shared_store_name
 from tests.exporters.scrape import scrape
 from tests.helpers import running_server, server_config
 from tests.labels.helpers import (
@@ -183,6 +184,7 @@ def test_redis_outage_under_concurrent_traffic_keeps_serving_and_recovers(
         }
         config = server_config(labels_repo, labels=labels)
         parts = label_parts(config)
+        store = shared_store_name(redis_server.url, config.labels.key_prefix)
         assert parts.metrics is not None
         with running_server(config, parts) as srv:
             port = parts.metrics.http.port
@@ -239,7 +241,7 @@ def test_redis_outage_under_concurrent_traffic_keeps_serving_and_recovers(
             pending = redis_server.client()
             try:
                 wait_for("the pending gauge to refresh from Redis", lambda: (
-                    exported("sidecar_pending_predictions", model="digits")
+                    exported("sidecar_pending_predictions", model="digits", store=store)
                     == pending.zcard("sidecar:labels:pending:digits")
                 ))  # fmt: skip
             finally:
@@ -253,3 +255,19 @@ def test_redis_without_the_package_names_the_extra(monkeypatch: pytest.MonkeyPat
     store = create_store(LabelStoreConfig(backend="redis", url="redis://127.0.0.1:1/0"))
     with pytest.raises(MissingDependencyError, match=r"pip install 'inference-sidecar\[redis\]'"):
         store.open()
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("redis://:secret@redis.serving.svc:6379/0", "redis://redis.serving.svc:6379/0#p:"),
+        ("redis://redis", "redis://redis:6379/0#p:"),
+        ("rediss://user:pw@[::1]:7000/3?ssl_cert_reqs=none", "rediss://[::1]:7000/3#p:"),
+        ("unix:///run/redis.sock?db=2&password=pw", "unix:///run/redis.sock?db=2#p:"),
+    ],
+)
+def test_shared_store_name_leaves_out_credentials(url: str, name: str) -> None:
+    """The pending gauge's store label names the shared store, never its password."""
+    assert shared_store_name(url, "p:") == name
+    store = create_store(LabelStoreConfig(backend="redis", url=url, key_prefix="p:"))
+    assert store.scope == name

@@ -109,11 +109,11 @@ def test_sweep_counts_expiry_and_sets_pending() -> None:
     worker.submit("r1", clf, "1", scores(0, 1), 2, clock.now)
     worker.flush()
     worker.sweep()
-    assert sample(registry, "sidecar_pending_predictions", model="clf") == 2
+    assert sample(registry, "sidecar_pending_predictions", model="clf", store="local") == 2
     clock.now += 61
     worker.sweep()
     assert sample(registry, "sidecar_predictions_expired_total", model="clf") == 2
-    assert sample(registry, "sidecar_pending_predictions", model="clf") == 0
+    assert sample(registry, "sidecar_pending_predictions", model="clf", store="local") == 0
 
 
 def test_outputs_that_are_not_one_value_per_row_are_skipped(

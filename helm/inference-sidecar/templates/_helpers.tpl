@@ -73,6 +73,29 @@ these fallbacks equal to ServerConfig's defaults.
 {{- dig "metrics" "port" 8002 .Values.config | int }}
 {{- end }}
 
+{{/* The plaintext health-only port (config.grpc.health_port), "" when unset. */}}
+{{- define "inference-sidecar.healthPort" -}}
+{{- with dig "grpc" "health_port" nil .Values.config }}{{ . | int }}{{ end }}
+{{- end }}
+
+{{/* The port kubelet's gRPC probes call: the health port when there is one (it is
+plaintext; the probes cannot speak TLS), else the gRPC port. */}}
+{{- define "inference-sidecar.probePort" -}}
+{{- include "inference-sidecar.healthPort" . | default (include "inference-sidecar.grpcPort" .) }}
+{{- end }}
+
+{{- define "inference-sidecar.grpcTls" -}}
+{{- if dig "grpc" "tls" "cert_file" nil .Values.config }}true{{ end }}
+{{- end }}
+
+{{- define "inference-sidecar.metricsTls" -}}
+{{- if and (include "inference-sidecar.metricsEnabled" .) (dig "metrics" "tls" "cert_file" nil .Values.config) }}true{{ end }}
+{{- end }}
+
+{{- define "inference-sidecar.metricsMutualTls" -}}
+{{- if and (include "inference-sidecar.metricsTls" .) (dig "metrics" "tls" "client_ca_file" nil .Values.config) }}true{{ end }}
+{{- end }}
+
 {{- define "inference-sidecar.metricsEnabled" -}}
 {{- if dig "metrics" "enabled" true .Values.config }}true{{ end }}
 {{- end }}
@@ -172,10 +195,22 @@ message that names the value to change.
 {{- if and (include "inference-sidecar.metricsEnabled" .) (eq $grpcPort $metricsPort) }}
 {{- fail (printf "config.grpc.port and config.metrics.port are both %d: give them different ports" $grpcPort) }}
 {{- end }}
+{{- $healthPort := include "inference-sidecar.healthPort" . }}
+{{- if $healthPort }}
+{{- if eq ($healthPort | int) $grpcPort }}
+{{- fail (printf "config.grpc.health_port and config.grpc.port are both %d: the health port is a second listener, give it its own port" $grpcPort) }}
+{{- end }}
+{{- if and (include "inference-sidecar.metricsEnabled" .) (eq ($healthPort | int) $metricsPort) }}
+{{- fail (printf "config.grpc.health_port and config.metrics.port are both %d: give them different ports" $metricsPort) }}
+{{- end }}
+{{- else if include "inference-sidecar.grpcTls" . }}
+{{- fail "config.grpc.tls.cert_file is set (TLS on the gRPC port) but config.grpc.health_port is not: Kubernetes' gRPC probes cannot speak TLS, so set config.grpc.health_port (for example 8003), a plaintext port serving only grpc.health.v1, and the chart points the probes at it" }}
+{{- end }}
 {{- if eq $v.mode "sidecar" }}
 {{- range $v.app.ports }}
-{{- if or (eq (.containerPort | int) $grpcPort) (and (include "inference-sidecar.metricsEnabled" $) (eq (.containerPort | int) $metricsPort)) }}
-{{- fail (printf "app.ports: containerPort %d is the server's port (config.grpc.port %d, config.metrics.port %d): the app and the server share the pod's network" (.containerPort | int) $grpcPort $metricsPort) }}
+{{- $port := .containerPort | int }}
+{{- if or (eq $port $grpcPort) (and (include "inference-sidecar.metricsEnabled" $) (eq $port $metricsPort)) (and $healthPort (eq $port ($healthPort | int))) }}
+{{- fail (printf "app.ports: containerPort %d is the server's port (config.grpc.port %d, config.metrics.port %d, config.grpc.health_port %s): the app and the server share the pod's network" $port $grpcPort $metricsPort ($healthPort | default "unset")) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -236,6 +271,15 @@ message that names the value to change.
 {{- if le ($liveness | float64) $drain }}
 {{- fail (printf "probes.liveness: periodSeconds × failureThreshold = %d s must exceed the server's drain time (%v s), or the liveness probe restarts the server while it drains" $liveness $drain) }}
 {{- end }}
+{{- if and (include "inference-sidecar.monitor" .) (include "inference-sidecar.metricsTls" .) }}
+{{- $tls := $v.prometheus.monitor.tls }}
+{{- if not (or $tls.ca.secretName $tls.insecureSkipVerify) }}
+{{- fail "config.metrics.tls is on (HTTPS metrics port) and the chart renders a monitor: set prometheus.monitor.tls.ca.secretName (a Secret holding the CA that signed the metrics certificate, key prometheus.monitor.tls.ca.key) so that Prometheus can verify it, or prometheus.monitor.tls.insecureSkipVerify" }}
+{{- end }}
+{{- if and (include "inference-sidecar.metricsMutualTls" .) (not $tls.clientCert.secretName) }}
+{{- fail "config.metrics.tls.client_ca_file is set (mutual TLS on the metrics port): set prometheus.monitor.tls.clientCert.secretName, a kubernetes.io/tls Secret with the client certificate and key Prometheus presents" }}
+{{- end }}
+{{- end }}
 {{- if and (eq (include "inference-sidecar.monitor" .) "ServiceMonitor") (not $v.service.enabled) }}
 {{- fail "prometheus.monitor.kind is ServiceMonitor but service.enabled is false: enable the Service or use kind PodMonitor" }}
 {{- end }}
@@ -246,7 +290,7 @@ The server container. Its name is "server" in both modes.
 */}}
 {{- define "inference-sidecar.serverContainer" -}}
 {{- $grpcPort := include "inference-sidecar.grpcPort" . | int }}
-{{- $probeGrpc := dict "port" $grpcPort }}
+{{- $probeGrpc := dict "port" (include "inference-sidecar.probePort" . | int) }}
 {{- with .Values.probes.service }}
 {{- $_ := set $probeGrpc "service" . }}
 {{- end }}
@@ -269,6 +313,12 @@ The server container. Its name is "server" in both modes.
     - name: grpc
       containerPort: {{ $grpcPort }}
       protocol: TCP
+    {{- with include "inference-sidecar.healthPort" . }}
+    # Plaintext grpc.health.v1 only, for the probes (config.grpc.health_port).
+    - name: grpc-health
+      containerPort: {{ . }}
+      protocol: TCP
+    {{- end }}
     {{- if include "inference-sidecar.metricsEnabled" . }}
     - name: metrics
       containerPort: {{ include "inference-sidecar.metricsPort" . }}
