@@ -40,6 +40,18 @@ QUALITY_WINDOW = "1h"
 
 Panel = Builder[model.Panel]
 
+#: Query of the version variable. A shadow version (insight.shadow) is not served,
+#: so it has no sidecar_model_ready series, but the label join scores it under its
+#: own `version` and creates its sidecar_predictions_recorded_total series at zero
+#: when the primary loads (classifiers and regressors alike). Grafana's Prometheus
+#: data source takes any series selector as the first argument of label_values
+#: (its metric_find_query.ts sends it as match[] to /api/v1/label/version/values,
+#: or /api/v1/series on Prometheus without that API), so `__name__=~` lists both.
+VERSION_VALUES = (
+    'label_values({__name__=~"sidecar_model_ready|sidecar_predictions_recorded_total", '
+    'model=~"$model"}, version)'
+)
+
 
 def _query(expr: str, legend: str = "", *, instant: bool = False) -> prometheus.Dataquery:
     query = prometheus.Dataquery().expr(expr).legend_format(legend or "__auto")
@@ -138,7 +150,7 @@ def _variables(board: dash.Dashboard) -> dash.Dashboard:
         dash.QueryVariable("version")
         .label("version")
         .datasource(DATASOURCE)
-        .query('label_values(sidecar_model_ready{model=~"$model"}, version)')
+        .query(VERSION_VALUES)
         .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(model.VariableSort.NUMERICAL_DESC)
         .multi(True)
@@ -269,10 +281,23 @@ def overview() -> dash.Dashboard:
             width=6,
         )
     )
-    return board.with_panel(
+    board = board.with_panel(
+        _series(
+            "Queue depth",
+            "Requests waiting in the batcher for a batch now (0 without batching); "
+            "a signal to scale on.",
+            "short",
+            [_query(f"sum by (model) (sidecar_queue_depth{{{SEL}}})", "{{model}}")],
+            width=6,
+        )
+    )
+    board = board.with_row(dash.Row("Refusals and stalls"))
+    board = board.with_panel(
         _series(
             "Refused/s",
-            "Requests refused before inference, by reason (limits, full queue, shutdown).",
+            "Requests refused, by reason: limits, full queue, stalled model, client deadline "
+            "passed, shutdown (before the model ran), and answers over grpc.max_message_bytes "
+            "(response_too_large, after it ran).",
             "reqps",
             [
                 _query(
@@ -281,14 +306,41 @@ def overview() -> dash.Dashboard:
                     "{{model}} {{reason}}",
                 )
             ],
-            width=6,
+            width=12,
+        )
+    )
+    return board.with_panel(
+        _series(
+            "Model calls stalled / timed out / abandoned",
+            "Overdue: calls past the model's timeout that have not returned now (above 0 the "
+            "version is stalled and refuses requests; SidecarModelStalled). Timed out and "
+            "abandoned (by reason: timeout, deadline, cancelled): calls per interval.",
+            "short",
+            [
+                _query(
+                    f"sum by (model, version) (sidecar_model_overdue_calls{{{SEL}}})",
+                    "{{model}} v{{version}} overdue",
+                ),
+                _query(
+                    "sum by (model, version) "
+                    f"(increase(sidecar_model_timeouts_total{{{SEL}}}[{RATE}]))",
+                    "{{model}} v{{version}} timed out",
+                ),
+                _query(
+                    "sum by (model, version, reason) "
+                    f"(increase(sidecar_model_calls_abandoned_total{{{SEL}}}[{RATE}]))",
+                    "{{model}} v{{version}} abandoned: {{reason}}",
+                ),
+            ],
+            width=12,
         )
     )
 
 
 def _class_outcomes(outcomes: str) -> str:
+    # by version too: a shadow version is scored on the same labels (docs/labels.md)
     return (
-        f"sum by (model, class) (increase(sidecar_class_outcomes_total"
+        f"sum by (model, version, class) (increase(sidecar_class_outcomes_total"
         f'{{{SEL}, outcome=~"{outcomes}"}}[{QUALITY_WINDOW}]))'
     )
 
@@ -437,14 +489,15 @@ def quality() -> dash.Dashboard:
     board = board.with_panel(
         _series(
             "Accuracy",
-            "Share of labelled predictions that were right.",
+            "Share of labelled predictions that were right, per version: a shadow version "
+            "(insight.shadow) is scored on the same labels under its own version.",
             "percentunit",
             [
                 _query(
-                    f"sum by (model) (increase(sidecar_labeled_predictions_total"
+                    f"sum by (model, version) (increase(sidecar_labeled_predictions_total"
                     f'{{{SEL}, correct="true"}}[{QUALITY_WINDOW}])) / '
-                    f"sum by (model) (increase({labeled}[{QUALITY_WINDOW}]))",
-                    "{{model}}",
+                    f"sum by (model, version) (increase({labeled}[{QUALITY_WINDOW}]))",
+                    "{{model}} v{{version}}",
                 )
             ],
         )
@@ -493,8 +546,8 @@ def quality() -> dash.Dashboard:
     board = board.with_panel(
         _table(
             "Precision, recall and F1 per class",
-            f"Over the last {QUALITY_WINDOW}: precision tp/(tp+fp), recall tp/(tp+fn), "
-            "F1 2tp/(2tp+fp+fn).",
+            f"Over the last {QUALITY_WINDOW}, per model version and class: precision "
+            "tp/(tp+fp), recall tp/(tp+fn), F1 2tp/(2tp+fp+fn).",
             [
                 _query(f"{tp} / {_class_outcomes('tp|fp')}", "precision", instant=True),
                 _query(f"{tp} / {_class_outcomes('tp|fn')}", "recall", instant=True),
@@ -503,15 +556,27 @@ def quality() -> dash.Dashboard:
             [model.DataTransformerConfig(id_val="merge", options={})],
         )
     )
+    # The "grouping to matrix" transformation takes one row field and one column field;
+    # any other label is summed away before it. Grouping by (actual, predicted) alone
+    # would add up the matrices of every model and version selected: with version
+    # "All", a shadow version's predictions (scored on the same labels) on top of the
+    # primary's. Repeating the panel per $version would still merge models under
+    # model "All", so the query keeps model and version and prefixes them to the row
+    # key, `actual` ("digits v1: seven"): one block of rows per model version, correct
+    # for any selection, in one panel.
+    confusion = (
+        "sum by (model, version, actual, predicted) "
+        f"(increase(sidecar_confusion_matrix_total{{{SEL}}}[{QUALITY_WINDOW}]))"
+    )
     board = board.with_panel(
         _table(
             "Confusion matrix",
-            f"Labelled predictions over the last {QUALITY_WINDOW}: rows are the actual "
-            "class, columns the predicted one.",
+            f"Labelled predictions over the last {QUALITY_WINDOW}: a row per model version "
+            "and actual class, a column per predicted class.",
             [
                 _query(
-                    f"sum by (actual, predicted) (increase(sidecar_confusion_matrix_total{{{SEL}}}"
-                    f"[{QUALITY_WINDOW}]))",
+                    f'label_join(label_join({confusion}, "actual", ": ", "version", "actual"), '
+                    '"actual", " v", "model", "actual")',
                     instant=True,
                 )
             ],

@@ -87,6 +87,7 @@ def test_dashboards_cover_the_issue() -> None:
         "Rows/s",
         "Mean batch size",
         "In flight",
+        "Queue depth",
         "Queue and compute p99",
     } <= titles["overview"]
     assert {

@@ -11,6 +11,12 @@ are sent to the *other* replica for half of those predictions, so some are
 labelled and the rest stay pending in the shared store. The pending panel must
 count the shared store once, not once per replica.
 
+digits version 1 is shadowed by a version 2 with perturbed weights
+(``insight.shadow``, every request): the labels score both versions, each
+under its own ``version``. The version variable must list the shadow version,
+and the accuracy, precision/recall/F1 and confusion-matrix panels must show
+each version apart, never the two pooled.
+
 GPU panels: there is no GPU here. Replica A's GPU collector reads a fake NVML
 (``tests/exporters/fakes.py``) through the exporter's injected-source seam, so
 the GPU panels are checked to return the fake device's series: this checks the
@@ -20,6 +26,7 @@ queries and the names, not a driver.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -30,6 +37,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import yaml
 
 from exporters.gpu import GpuCollector
 from sidecar.app import AppParts
@@ -42,6 +50,7 @@ from tests.helm.test_dashboards import dashboards, panels
 from tests.helpers import running_server, server_config
 from tests.labels.helpers import Client, class_label
 from tests.labels.redis_server import RedisServer
+from tests.labels.test_shadow import _perturbed
 from tests.prom import Prometheus, prometheus
 
 #: Grafana's variables as Grafana would send them with "All" selected.
@@ -59,7 +68,10 @@ CORE = {
         "Rows/s",
         "Mean batch size",
         "In flight",
+        "Queue depth",
         "Refused/s",
+        # zeros here (no model call stalls): data all the same, per model version
+        "Model calls stalled / timed out / abandoned",
     },
     "quality": {
         "Drift detected",
@@ -82,14 +94,47 @@ CORE = {
         "GPU power",
     },
 }
-#: Core panels whose series carry no `model` label (per GPU, or per class pair).
-NO_MODEL_LABEL = {"GPU memory used", "GPU utilisation", "GPU power", "Confusion matrix"}
+#: Core panels whose series carry no `model` label (per GPU).
+NO_MODEL_LABEL = {"GPU memory used", "GPU utilisation", "GPU power"}
 
 #: Drift window of the digits example (its config.yaml), sent as requests of ROWS rows.
 WINDOW, ROWS = 400, 25
+#: Predictions of that window that get a label (half of its requests).
+LABELLED = WINDOW // 2
 #: limits.max_batch_rows of the replicas: a request with more rows is refused.
 MAX_ROWS = 64
 DIGITS = MODEL_REPOSITORY / "digits"
+#: The version that shadows digits' version 1 (served) and is scored by the same labels.
+SHADOW = "2"
+#: Grafana's parse of a label_values(selector, label) variable query (its Prometheus
+#: data source, metric_find_query.ts); the selector is sent as match[] to
+#: /api/v1/label/<label>/values.
+LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?([a-zA-Z_][a-zA-Z0-9_]*)\)\s*$")
+
+
+def variable_values(prom: Prometheus, board: dict[str, Any], name: str, **chosen: str) -> set[str]:
+    """The values Grafana lists for template variable ``name``, with other variables
+    set as ``chosen`` (regexes, as Grafana interpolates them; "All" by default)."""
+    (variable,) = [v for v in board["templating"]["list"] if v["name"] == name]
+    query = str(variable["query"])
+    values = {**VARIABLES, **{f"${key}": value for key, value in chosen.items()}}
+    for variable_name, value in values.items():
+        query = query.replace(variable_name, value)
+    parsed = LABEL_VALUES.match(query)
+    assert parsed, f"{name}: not a label_values() query Grafana parses: {query}"
+    selector, label = parsed.groups()
+    return set(prom.api(f"label/{label}/values", **({"match[]": selector} if selector else {})))
+
+
+def shadowed_digits(repository: Path) -> None:
+    """digits version 1, served, shadowed on every request by a perturbed version 2."""
+    target = repository / "digits"
+    shutil.copytree(DIGITS, target)
+    config = yaml.safe_load((target / "config.yaml").read_text())
+    config["versions"] = [1]
+    config["insight"] = {"shadow": {"version": int(SHADOW), "sample_rate": 1.0}}
+    (target / "config.yaml").write_text(yaml.safe_dump(config))
+    _perturbed(target / "1" / "model.onnx", target / SHADOW / "model.onnx", scale=0.6, seed=7)
 
 
 def refuse(client: Client, rows: np.ndarray) -> None:
@@ -163,8 +208,8 @@ def _core_missing(results: dict[tuple[str, str], list[dict[str, Any]]]) -> list[
 @pytest.mark.redis
 def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
     repository = tmp_path / "models"
-    for name in ("digits", "diabetes"):
-        shutil.copytree(MODEL_REPOSITORY / name, repository / name)
+    shadowed_digits(repository)
+    shutil.copytree(MODEL_REPOSITORY / "diabetes", repository / "diabetes")
     holdout = np.load(DIGITS / "holdout_features.npy").astype(np.float32)
     truth = np.load(DIGITS / "holdout_labels.npy")
     assert len(holdout) >= WINDOW
@@ -215,6 +260,7 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
                 for request_id, values in labelled
                 for row, value in enumerate(values)
             ]
+            assert len(sent) == LABELLED
             assert on_b.outcomes(sent) == ["matched"] * len(sent)
             refuse(on_a, holdout)
 
@@ -226,7 +272,15 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
             'sum(sidecar_drift_evaluations_total{model="digits", scope="inputs"})',
             lambda v: v == 1,
         )
-        prom.wait_for('sum(sidecar_labels_received_total{outcome="matched"})', lambda v: v == 200)
+        prom.wait_for(
+            'sum(sidecar_labels_received_total{outcome="matched"})', lambda v: v == LABELLED
+        )
+        # Each label scores the primary and, once its shadow run is stored, the shadow.
+        for version in ("1", SHADOW):
+            prom.wait_for(
+                f'sum(sidecar_labeled_predictions_total{{model="digits", version="{version}"}})',
+                lambda v: v == LABELLED,
+            )
         prom.wait_for_next_scrape("sidecar")
         # A refusal reason's series starts at its first refusal, which rate() cannot
         # see; the second one, after a scrape saw the first, it can.
@@ -241,8 +295,12 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
         for rule in loaded:
             assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
 
-        # Grafana's model variable lists the models served.
-        assert set(prom.values("sidecar_model_ready", "model")) == {"digits", "diabetes"}
+        # Grafana's variables: the models served; their versions, the shadow one too.
+        quality = dashboards()["quality"]
+        assert variable_values(prom, quality, "model") == {"digits", "diabetes"}
+        assert variable_values(prom, quality, "version") == {"1", SHADOW}
+        assert variable_values(prom, quality, "version", model="digits") == {"1", SHADOW}
+        assert variable_values(prom, quality, "version", model="diabetes") == {"1"}
 
         # Every dashboard query runs; every core panel shows a finite value.
         results = _wait_for_panels(prom, _core_missing)
@@ -258,6 +316,12 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
         assert refused["too_many_rows"] > 0, refused
         gpus = {r["metric"].get("gpu") for r in results[("quality", "GPU memory used")]}
         assert gpus == {"0"}  # the fake device, on replica A only
+        stalls = {
+            (r["metric"]["model"], r["metric"]["version"])
+            for r in results[("overview", "Model calls stalled / timed out / abandoned")]
+        }
+        assert stalls == {("digits", "1"), ("diabetes", "1")}
+        check_versions_apart(prom, results)
 
         # Both replicas report the shared store's count; the panel counts it once.
         (pending_panel,) = [
@@ -272,3 +336,55 @@ def test_rules_and_dashboards_on_a_real_prometheus(tmp_path: Path) -> None:
         )
         shown = {r["metric"]["model"]: float(r["value"][1]) for r in prom.query(pending_query)}
         assert shown["digits"] == waiting
+
+
+def check_versions_apart(
+    prom: Prometheus, results: dict[tuple[str, str], list[dict[str, Any]]]
+) -> None:
+    """The label panels show digits' primary and shadow versions apart, each with its
+    own labelled predictions (200 each), never pooled."""
+    # The counters themselves (no increase(): exact counts since the servers started).
+    raw: dict[str, dict[tuple[str, str], float]] = {"1": {}, SHADOW: {}}
+    for r in prom.query(
+        'sum by (version, actual, predicted) (sidecar_confusion_matrix_total{model="digits"})'
+    ):
+        labels = r["metric"]
+        raw[labels["version"]][(labels["actual"], labels["predicted"])] = float(r["value"][1])
+    for version, cells in raw.items():
+        assert sum(cells.values()) == LABELLED, version
+
+    # Accuracy: one series per version, each that version's share of right predictions.
+    accuracy = {
+        (r["metric"]["model"], r["metric"]["version"]): float(r["value"][1])
+        for r in results[("quality", "Accuracy")]
+    }
+    assert set(accuracy) == {("digits", "1"), ("digits", SHADOW)}, accuracy
+    for version, cells in raw.items():
+        right = sum(n for (actual, predicted), n in cells.items() if actual == predicted)
+        # increase() extrapolates each replica's series by its own scrape times, and a
+        # shadow's labels are counted on either replica: a ratio, not exact counts.
+        assert accuracy[("digits", version)] == pytest.approx(right / LABELLED, abs=0.02)
+
+    # Precision, recall and F1: rows per model version and class.
+    table = {
+        (r["metric"]["model"], r["metric"]["version"])
+        for r in results[("quality", "Precision, recall and F1 per class")]
+    }
+    assert table == {("digits", "1"), ("digits", SHADOW)}
+
+    # Confusion matrix: the row key names the model version; each version's block adds up
+    # to its own labelled predictions (increase() of 200, a little more when extrapolated;
+    # pooling the versions would give twice that), cell by cell where the counts are.
+    shown: dict[str, dict[tuple[str, str], float]] = {"1": {}, SHADOW: {}}
+    for r in results[("quality", "Confusion matrix")]:
+        labels = r["metric"]
+        key = re.fullmatch(r"digits v(\d+): (\w+)", labels["actual"])
+        assert key, labels
+        version, actual = key.groups()
+        assert version == labels["version"]
+        assert (actual, labels["predicted"]) not in shown[version], labels
+        shown[version][(actual, labels["predicted"])] = float(r["value"][1])
+    for version, cells in shown.items():
+        assert cells.keys() == raw[version].keys()
+        assert LABELLED <= sum(cells.values()) < 1.5 * LABELLED, (version, sum(cells.values()))
+        assert {c for c, n in cells.items() if n > 0} == {c for c, n in raw[version].items() if n}
