@@ -6,6 +6,7 @@ import sys
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -124,6 +125,11 @@ class Traffic:
     def __init__(self, address: str, workers: int = 4) -> None:
         self.phase = "before"
         self._lock = threading.Lock()
+        # Phase changes wait for every worker's current inference + label round trip,
+        # so that a round trip is counted in the phase whose Redis state it met.
+        self._turn = threading.Condition()
+        self._busy = 0
+        self._switching = False
         self.inferred: dict[str, Counter[str]] = defaultdict(Counter)  # phase → status
         self.labelled: dict[str, Counter[str]] = defaultdict(Counter)  # phase → outcome/status
         self._stop = threading.Event()
@@ -140,23 +146,51 @@ class Traffic:
         with Client(address) as client:
             self._start.wait(10)
             while not self._stop.is_set():
-                phase = self.phase
+                with self._turn:
+                    while self._switching:
+                        self._turn.wait()
+                    self._busy += 1
+                    phase = self.phase
                 try:
-                    rid, _ = client.infer("digits", rng.random((2, 64)) * 16)
-                    inferred = "OK"
-                except grpc.RpcError as exc:
-                    rid, inferred = "", exc.code().name
-                with self._lock:
-                    self.inferred[phase][inferred] += 1
-                if not rid:
-                    continue
-                label = class_label(rid, "digits", int(rng.integers(10)), row=int(rng.integers(2)))
-                try:
-                    outcome = client.outcomes([label])[0]
-                except grpc.RpcError as exc:
-                    outcome = exc.code().name
-                with self._lock:
-                    self.labelled[phase][outcome] += 1
+                    self._round_trip(client, rng, phase)
+                finally:
+                    with self._turn:
+                        self._busy -= 1
+                        self._turn.notify_all()
+
+    def _round_trip(self, client: Client, rng: np.random.Generator, phase: str) -> None:
+        """One inference, then a label for its prediction; both answers kept under ``phase``."""
+        try:
+            rid, _ = client.infer("digits", rng.random((2, 64)) * 16)
+            inferred = "OK"
+        except grpc.RpcError as exc:
+            rid, inferred = "", exc.code().name
+        with self._lock:
+            self.inferred[phase][inferred] += 1
+        if not rid:
+            return
+        label = class_label(rid, "digits", int(rng.integers(10)), row=int(rng.integers(2)))
+        try:
+            outcome = client.outcomes([label])[0]
+        except grpc.RpcError as exc:
+            outcome = exc.code().name
+        with self._lock:
+            self.labelled[phase][outcome] += 1
+
+    @contextmanager
+    def switch(self, phase: str) -> Iterator[None]:
+        """Pause every worker between round trips, enter ``phase``, resume after the block."""
+        with self._turn:
+            self._switching = True
+            while self._busy:
+                self._turn.wait()
+            self.phase = phase
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._switching = False
+                self._turn.notify_all()
 
     def count(self, phase: str, outcome: str) -> int:
         """Label answers of ``outcome`` (an outcome or a status name) in ``phase`` so far."""
@@ -203,8 +237,8 @@ def test_redis_outage_under_concurrent_traffic_keeps_serving_and_recovers(
             try:
                 wait_for("labels to match", lambda: traffic.count("before", "matched") >= 20)
 
-                traffic.phase = "down"
-                redis_server.stop()
+                with traffic.switch("down"):
+                    redis_server.stop()
                 wait_for("store errors in the exported metrics", lambda: (
                     exported("sidecar_label_store_errors_total", backend="redis",
                              operation="write") >= 1
@@ -217,8 +251,8 @@ def test_redis_outage_under_concurrent_traffic_keeps_serving_and_recovers(
                 )
                 during = labelled_predictions()
 
-                traffic.phase = "back"
-                redis_server.start()  # same port, empty (no persistence)
+                with traffic.switch("back"):
+                    redis_server.start()  # same port, empty (no persistence)
                 wait_for("labels to match again", lambda: traffic.count("back", "matched") >= 20)
                 # the accuracy series moves again, in what /metrics exports
                 wait_for("the accuracy series to move", lambda: labelled_predictions() > during)
