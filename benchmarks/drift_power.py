@@ -191,7 +191,7 @@ CANDIDATES: dict[str, tuple[dict[str, float], str, str]] = {
         "cauchy",
         "bh",
     ),
-    "Welch .8 + BF .1 + chi2 .1, Cauchy, BH (default)": (
+    "Welch .8 + BF .1 + chi2 .1, Cauchy, BH": (
         {"welch": 0.8, "brown_forsythe": 0.1, "chi2": 0.1},
         "cauchy",
         "bh",
@@ -201,7 +201,7 @@ CANDIDATES: dict[str, tuple[dict[str, float], str, str]] = {
         "cauchy",
         "bonferroni",
     ),
-    "Welch .8 + BF .1 + chi2 .1, weighted Bonferroni-min, BH": (
+    "Welch .8 + BF .1 + chi2 .1, weighted Bonferroni-min, BH (default)": (
         {"welch": 0.8, "brown_forsythe": 0.1, "chi2": 0.1},
         "bonferroni",
         "bh",

@@ -61,6 +61,11 @@ def test_no_drift_false_alarms_at_most_alpha(tied: bool) -> None:
         # which makes that test somewhat conservative; the others are at alpha.
         floor = 0.8 * n * ALPHA if name == "chi2" else _lower(n, ALPHA)
         assert k >= floor, f"{name}: {k / n:.4f} of {n} at 0.05"
+        # Not liberal further into the tail either, where the correction across
+        # features sets its thresholds (alpha / 64 ~ 8e-4).
+        for t in (1e-2, 1e-3):
+            k_t = int(np.sum(np.asarray(ps) <= t))
+            assert k_t <= _upper(n, t), f"{name}: {k_t / n:.5f} of {n} at {t}"
 
 
 def test_ks_on_tied_data_is_conservative_but_valid() -> None:
