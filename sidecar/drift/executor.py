@@ -3,15 +3,13 @@
 ``monitoring.drift.executor`` picks one per model version:
 
 * ``thread`` — :class:`ThreadEvaluator`: the drift worker thread scores the
-  window itself. The heavy numpy calls release the GIL, but between them the
-  worker takes it back, thousands of times per 100,000 × 64 window; each time
-  the event loop holds it, CPython makes the worker wait a switch interval
-  (5 ms) and then forces the loop to hand the GIL over, and waits until the
-  worker — a SCHED_IDLE thread, last in line for a CPU — has actually taken
-  it. On a machine whose cores serving keeps busy that wait is the tail
-  latency docs/benchmarks.md measures.
+  window itself. The heavy numpy calls release the GIL; between them the
+  worker takes it back (a thousand-odd times per 100,000 × 64 window), which
+  measured costs the event loop a few milliseconds per window
+  (docs/benchmarks.md, "Drift evaluation off the request path", part 3).
 * ``process`` — :class:`ProcessEvaluator`: a child process (``spawn``, its own
-  interpreter and GIL, SCHED_IDLE for the whole process) scores the window.
+  interpreter and GIL, SCHED_IDLE for the whole process) scores the window,
+  so no evaluation code ever shares the GIL with serving.
   The window buffer is a ``multiprocessing.shared_memory`` block both
   processes map: the worker thread writes feature rows into it as before,
   sends the child the row count (a few bytes through a pipe) and blocks,
@@ -335,10 +333,7 @@ class ProcessEvaluator:
         finally:
             theirs.close()
         self._process, self._conn = process, ours
-        try:
-            ready = self._receive()
-        except EvaluatorFailed:
-            raise
+        ready = self._receive()  # the child died while starting: EvaluatorFailed
         log.info("drift evaluation process for %s started (pid %s)", self._label, ready[1])
         return ours
 
@@ -393,7 +388,8 @@ class ProcessEvaluator:
             if process.is_alive():
                 process.kill()
                 process.join(STOP_SECONDS)
-            process.close()
+            with contextlib.suppress(ValueError):  # still running after SIGKILL: leave it
+                process.close()
 
     def close(self) -> None:
         """Stop the child and free the shared block (idempotent)."""

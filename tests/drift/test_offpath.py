@@ -15,13 +15,13 @@ bounds can be generous and robust:
   and so does a worker holding the GIL through it; scipy's ``ks_2samp`` holds
   it ~70 ms per feature and call, so a scipy loop over 64 features blocks the
   loop ~4 s with only switch-interval gaps. The GIL-releasing evaluation
-  blocks it for at most a few milliseconds at a time (measured: under 40 ms
-  at load average 7 on 2 cores, from garbage collection and page faults as
-  much as from the worker); 250 ms leaves room for those on a busy machine.
+  stalls it for a few milliseconds at a time (measured at load average 4–7
+  on 2 cores: 63 ms at the very worst over about 30 windows, usually under
+  20 ms); 250 ms leaves room for a busy machine.
 * ``P99_BLOCKED_MS`` = 10 ms for the 99th percentile of the ticks: a
   GIL-holding implementation that lets the loop in between calls (the scipy
   loop) stalls most ticks by tens of milliseconds; the GIL-releasing one
-  stalls 99 % of ticks by about a millisecond (measured 1.1–1.8 ms).
+  stalls 99 % of ticks by about a millisecond or less (measured 0.25–1.1 ms).
 
 :func:`test_the_probe_catches_an_evaluation_on_the_loop` runs the same probe
 with the evaluation called on the loop, and asserts it fails the bound: the
