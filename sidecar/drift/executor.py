@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -221,6 +222,22 @@ def _views(shm: SharedMemory, layout: Sequence[tuple[int, tuple[int, int]]]) -> 
     ]
 
 
+def _reserve(name: str, size: int) -> None:
+    """Allocate a shared block's pages now (Linux), so a full /dev/shm is an OSError here.
+
+    A block is created sparse: without this, writing into it with /dev/shm full (a
+    container's default is 64 MiB) would kill the server with SIGBUS.
+    """
+    path = Path("/dev/shm") / name  # noqa: S108 - where POSIX shared memory lives on Linux
+    if not hasattr(os, "posix_fallocate") or not path.exists():
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
 def _child(
     conn: Connection,
     shm_name: str,
@@ -298,8 +315,18 @@ class ProcessEvaluator:
             if self._closed:
                 raise RuntimeError(f"drift evaluator of {self._label} is closed")
             size = max(sum(self._window_size * s.width * 8 for s in self._specs), 1)
-            self._shm = SharedMemory(create=True, size=size)
-            self._buffers = _views(self._shm, self._layout)
+            shm = SharedMemory(create=True, size=size)
+            try:
+                _reserve(shm.name, size)
+            except OSError as exc:
+                shm.close()
+                shm.unlink()
+                raise EvaluatorFailed(
+                    f"cannot hold a drift window of {self._window_size} rows "
+                    f"({size / 2**20:.0f} MiB) in shared memory: {exc}"
+                ) from exc
+            self._shm = shm
+            self._buffers = _views(shm, self._layout)
         return self._buffers
 
     def _start(self) -> Connection:

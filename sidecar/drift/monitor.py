@@ -26,7 +26,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -407,8 +407,7 @@ class ModelMonitor:
             if scope.fleet is not None and self._export is not None:
                 self._export.add_bin_rows(scope.name, scope.fleet.count(rows))
             blocks.append(rows)
-        assert self._evaluator is not None
-        buffers = self._evaluator.buffers()
+        buffers = self._buffers()
         n = blocks[0].shape[0]
         size = self.config.window_size
         pos = 0
@@ -422,6 +421,30 @@ class ModelMonitor:
             pos += take
             if self._filled == size:
                 self._close()
+
+    def _buffers(self) -> Sequence[np.ndarray]:
+        """The window buffers; the thread executor when the process executor cannot have them."""
+        assert self._evaluator is not None
+        try:
+            return self._evaluator.buffers()
+        except EvaluatorFailed as exc:
+            log.warning(
+                "model %s version %s: %s; evaluating drift on the worker thread instead "
+                "(executor: thread)",
+                self.model,
+                self.version,
+                exc.message,
+            )
+            self._evaluator.close()
+            self._evaluator = evaluator(
+                "thread",
+                f"model {self.model!r} version {self.version}",
+                [scope.spec for scope in self._scopes],
+                self._detector_config,
+                self.config.window_size,
+                self._priority,
+            )
+            return self._evaluator.buffers()
 
     def _close(self) -> None:
         n, self._filled = self._filled, 0

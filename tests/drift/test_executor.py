@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sidecar.drift.executor import ProcessEvaluator
+from detectors.drift import DriftConfig
+from detectors.reference import Reference
+from sidecar.drift.executor import EvaluatorFailed, ProcessEvaluator, ScopeSpec
 from sidecar.models import ServedModel
 from sidecar.runtimes.fakes import SumRuntime
 from tests.drift.helpers import Harness, write_reference
@@ -137,3 +139,25 @@ def test_a_dead_evaluation_process_costs_one_counted_window(
         == 1.0
     )
     assert evaluator.pid not in (None, killed[0])
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux POSIX shared memory")
+def test_a_window_too_big_for_shared_memory_is_refused_up_front() -> None:
+    """Not SIGBUS at the first write: the block's pages are reserved when it is made.
+
+    The window asks for more than /dev/shm's total size, which tmpfs refuses before
+    allocating anything. (A monitor then evaluates on its worker thread instead.)
+    """
+    stat = os.statvfs("/dev/shm")
+    rows_needed = stat.f_blocks * stat.f_frsize // (WIDTH * 8) + 1
+    names = [f"x[{i}]" for i in range(WIDTH)]
+    reference = Reference.fit(np.random.default_rng(0).random((500, WIDTH)), names)
+    spec = ScopeSpec("inputs", reference, frozenset(names))
+    before = set(os.listdir("/dev/shm"))
+    evaluator = ProcessEvaluator("model 'm' version 1", [spec], DriftConfig(), rows_needed, "idle")
+    with pytest.raises(EvaluatorFailed) as caught:
+        evaluator.buffers()
+    message = caught.value.message
+    assert f"a drift window of {rows_needed} rows" in message and "in shared memory" in message
+    assert set(os.listdir("/dev/shm")) <= before  # nothing left behind
+    evaluator.close()
