@@ -2,12 +2,15 @@
 
 One server process serves the digits ONNX model (64 float inputs) with drift
 monitoring on a reference of 5,000 N(0, 1) rows and windows of ``--window``
-rows (default 100,000 × 64 features). Inside the server, a feeder thread offers
-``--window`` rows at a time to the model's drift monitor through the same
-``ModelMonitor.offer`` the tap calls, so the drift worker keeps assembling and
-scoring full windows back to back, exactly as it would under heavy traffic.
-(Feeding the rows in-process keeps the network and decoding cost of 100,000
-rows out of the comparison: what is measured is the evaluation.)
+rows (default 100,000 × 64 features). The server also loads two copies of it
+that nobody calls, ``thread`` and ``process``, the same but for
+``monitoring.drift.executor``. Inside the server, a feeder thread offers
+``--window`` rows at a time to one of those copies' drift monitor through the
+same ``ModelMonitor.offer`` the tap calls, so the drift worker keeps
+assembling and scoring full windows back to back, exactly as it would under
+heavy traffic, with that executor. (Feeding the rows in-process keeps the
+network and decoding cost of 100,000 rows out of the comparison: what is
+measured is the evaluation.)
 
 Part 0 times the tap on the request path (``DriftMonitoring.on_request``) for
 requests of 1, 64 and 4,096 rows of 64 features (inputs and outputs watched):
@@ -20,12 +23,23 @@ the spinning thread made progress during it (it can only if the call released
 the GIL).
 
 Part 2: this process is the client: ``--clients`` closed-loop gRPC clients send
-single-row requests for ``--seconds`` per run. Runs alternate between feeder off
-and feeder on (``--pairs`` times), so a noisy shared machine affects both
-modes alike; the figure to quote is the ratio of p99 latencies within each
-pair, and their median.
+single-row requests to ``digits`` for ``--seconds`` per run. Each round runs
+feeder off, feeder on with the thread executor, and feeder on with the process
+executor (``--rounds`` times, the order of the three rotating), so a noisy
+shared machine affects all modes alike; the figures to quote are the ratios
+of p99 latencies to the round's "off" run, and their medians.
 
-    python benchmarks/drift_offpath.py [--pairs 5] [--seconds 10] [--clients 4] [--priority idle]
+Part 3 looks at the event loop itself, in this process with no serving load:
+a coroutine sleeps 1 ms at a time while the real drift worker evaluates
+``--window`` rows, three windows after a first unmeasured one (so the process
+executor's child is running), with each executor. Per tick it records the
+stall: wall time beyond the 1 ms minus the time the loop's thread was
+runnable but waiting for a CPU (``run_delay`` in ``/proc/thread-self/schedstat``),
+i.e. time the loop was kept from running by the GIL (or its own work), not by
+other jobs on the machine. (tests/drift/test_offpath.py asserts bounds on the
+same measure.)
+
+    python benchmarks/drift_offpath.py [--rounds 5] [--seconds 10] [--clients 4] [--priority idle]
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -57,8 +72,11 @@ FEATURES = 64
 # --------------------------------------------------------------------------- server side
 
 
+EXECUTORS = ("thread", "process")
+
+
 def serve(window: int, priority: Priority) -> None:
-    """The server process: digits with drift on a N(0,1) reference; a feeder toggled on stdin."""
+    """The server process: digits, and a fed copy per executor; the feeder toggled on stdin."""
     import asyncio
 
     from sidecar.app import AppParts, build_server
@@ -69,17 +87,20 @@ def serve(window: int, priority: Priority) -> None:
 
     rng = np.random.default_rng(0)
     repository = Path(tempfile.mkdtemp(prefix="drift-bench-"))
-    model_dir = repository / "digits"
-    shutil.copytree(MODEL_REPOSITORY / "digits" / "1", model_dir / "1")
-    np.save(model_dir / "reference.npy", rng.standard_normal((5000, FEATURES)).astype(np.float32))
-    (model_dir / "config.yaml").write_text(
-        "monitoring:\n"
-        "  drift:\n"
-        "    reference: reference.npy\n"
-        f"    window_size: {window}\n"
-        "    outputs: false\n"
-        f"    queue_rows: {2 * window}\n"
-    )
+    reference = rng.standard_normal((5000, FEATURES)).astype(np.float32)
+    for name, executor in (("digits", "thread"), *((e, e) for e in EXECUTORS)):
+        model_dir = repository / name
+        shutil.copytree(MODEL_REPOSITORY / "digits" / "1", model_dir / "1")
+        np.save(model_dir / "reference.npy", reference)
+        (model_dir / "config.yaml").write_text(
+            "monitoring:\n"
+            "  drift:\n"
+            "    reference: reference.npy\n"
+            f"    window_size: {window}\n"
+            "    outputs: false\n"
+            f"    queue_rows: {2 * window}\n"
+            f"    executor: {executor}\n"
+        )
     config = ServerConfig.model_validate(
         {
             "model_repository": str(repository),
@@ -95,38 +116,42 @@ def serve(window: int, priority: Priority) -> None:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
-    monitor = next(iter(drift.worker.monitors().values()))
+    monitors = {m.model: m for m in drift.worker.monitors().values()}
     rows = rng.standard_normal((window, FEATURES)).astype(np.float32)
-    feeding = threading.Event()
-    busy = threading.Lock()  # held while the worker processes the monitor
-    process = monitor.process
+    feeding: list[str] = []  # the executor being fed, if any
+    busy = threading.Lock()  # held while the worker processes a fed monitor
 
-    def tracked() -> None:
-        with busy:
-            process()
+    def tracked(process: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with busy:
+                process()
 
-    monitor.process = tracked  # type: ignore[method-assign]
+        return run
+
+    for name in EXECUTORS:
+        monitors[name].process = tracked(monitors[name].process)  # type: ignore[method-assign]
 
     def feeder() -> None:
         while True:
-            feeding.wait()
-            if monitor.queued_rows < window:
-                monitor.offer({"input": rows}, None, window)
+            if feeding:
+                monitor = monitors[feeding[0]]
+                if monitor.queued_rows < window:
+                    monitor.offer({"input": rows}, None, window)
             time.sleep(0.01)
 
     threading.Thread(target=feeder, daemon=True).start()
     print(json.dumps({"grpc": server.port, "metrics": metrics.http.port}), flush=True)
     for line in sys.stdin:
-        command = line.strip()
-        if command == "on":
-            feeding.set()
-        elif command == "off":  # and wait until the worker is idle
+        command = line.split()
+        if command[0] == "on":
+            feeding[:] = [command[1]]
+        elif command[0] == "off":  # and wait until the worker is idle
             feeding.clear()
-            while monitor.queued_rows:
+            while any(monitors[name].queued_rows for name in EXECUTORS):
                 time.sleep(0.05)
             with busy:
                 pass
-        elif command == "quit":
+        elif command[0] == "quit":
             break
         print("ok", flush=True)
     asyncio.run_coroutine_threadsafe(server.stop(grace=1.0), loop).result(120)
@@ -135,8 +160,8 @@ def serve(window: int, priority: Priority) -> None:
 # --------------------------------------------------------------------------- client side
 
 
-def scrape_evaluations(port: int) -> tuple[float, float]:
-    """(evaluations so far, total evaluation seconds) from the server's /metrics."""
+def scrape_evaluations(port: int, model: str) -> tuple[float, float]:
+    """(evaluations of ``model`` so far, their total seconds) from the server's /metrics."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -146,6 +171,8 @@ def scrape_evaluations(port: int) -> tuple[float, float]:
     count = total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
             if sample.name == "sidecar_drift_evaluation_duration_seconds_count":
                 count += sample.value
             elif sample.name == "sidecar_drift_evaluation_duration_seconds_sum":
@@ -308,6 +335,96 @@ def gil_probe(window: int, repeat: int = 3) -> None:
     )
 
 
+def loop_stalls(window: int, executor: str, windows: int = 3) -> np.ndarray:
+    """Part 3: per 1 ms tick of an event loop, ms it stalled (not waiting for a CPU)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.config import ModelConfig, ServerConfig
+    from sidecar.drift import DriftMonitoring
+    from sidecar.events import RequestRecord
+    from sidecar.models import ModelManager
+    from sidecar.runtimes.fakes import SumRuntime
+
+    rng = np.random.default_rng(0)
+    repository = Path(tempfile.mkdtemp(prefix="drift-stalls-"))
+    (repository / "m").mkdir()
+    np.save(repository / "m" / "reference.npy", rng.standard_normal((5000, FEATURES)))
+    x = rng.standard_normal((window, FEATURES)).astype(np.float32)
+    stalls: list[float] = []
+
+    async def run() -> None:
+        registry = CollectorRegistry()
+        drift = DriftMonitoring(registry)
+        manager = ModelManager(ServerConfig(), repository, [drift], hooks=[drift])
+        settings = {
+            "reference": "reference.npy",
+            "window_size": window,
+            "queue_rows": window,
+            "outputs": False,
+            "executor": executor,
+        }
+        config = ModelConfig.model_validate({"monitoring": {"drift": settings}})
+        model = await manager.add(
+            "m", "1", config, SumRuntime(FEATURES), repository / "m" / "1" / "model.onnx"
+        )
+        assert model.ready, model.error
+        record = RequestRecord(model, "id", "OK", window, 0.001, 0.0, {"x": x}, {})
+        labels = {"model": "m", "version": "1", "scope": "inputs"}
+
+        def evaluations() -> float:
+            return registry.get_sample_value("sidecar_drift_evaluations_total", labels) or 0.0
+
+        fd = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
+
+        def delay() -> float:
+            return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+
+        await drift.start()
+        drift.on_request(record)
+        while evaluations() < 1:  # the first window: starts the child, faults buffers in
+            await asyncio.sleep(0.05)
+        for done in range(2, windows + 2):
+            drift.on_request(record)
+            tick = 0
+            last, last_delay = time.perf_counter(), delay()
+            while True:
+                await asyncio.sleep(0.001)
+                now, now_delay = time.perf_counter(), delay()
+                stalls.append(max(now - last - 0.001 - (now_delay - last_delay), 0.0) * 1000)
+                last, last_delay = now, now_delay
+                tick += 1
+                if tick % 50 == 0:  # the check is left out of the ticks
+                    if evaluations() >= done:
+                        break
+                    last, last_delay = time.perf_counter(), delay()
+        await drift.stop()
+        os.close(fd)
+
+    asyncio.run(run())
+    shutil.rmtree(repository)
+    return np.array(stalls)
+
+
+def stalls_table(window: int, repeat: int) -> None:
+    """Part 3's table: stalls per executor, ``repeat`` times each, alternating."""
+    print(
+        "| run | executor | ticks | stall sum ms | ticks > 2 ms | > 5 ms "
+        "| p99 ms | p99.9 ms | max ms |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for run in range(1, repeat + 1):
+        for executor in EXECUTORS:
+            s = loop_stalls(window, executor)
+            print(
+                f"| {run} | {executor} | {s.size} | {s.sum():.0f} | {(s > 2).sum()} | "
+                f"{(s > 5).sum()} | {np.percentile(s, 99):.2f} | {np.percentile(s, 99.9):.1f} | "
+                f"{s.max():.1f} |",
+                flush=True,
+            )
+
+
 def machine() -> str:
     cpu = platform.machine()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -323,7 +440,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=5, help="off/on run pairs (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of off/thread/process")
     parser.add_argument("--seconds", type=float, default=10.0, help="per run (default 10)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     parser.add_argument("--window", type=int, default=100_000, help="rows (default 100000)")
@@ -334,7 +451,11 @@ def main() -> None:
         help="the drift worker's scheduling: SCHED_IDLE (the server's default), nice 19, "
         "or unchanged",
     )
-    parser.add_argument("--parts", default="0,1,2", help="which parts to run (default 0,1,2)")
+    parser.add_argument(
+        "--parts",
+        default="0,1,2",
+        help="which parts to run (default 0,1,2; 2 runs 0 and 1 too; 3 only without 2)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -349,6 +470,9 @@ def main() -> None:
         if "1" in parts:
             print(f"\nPart 1: one evaluation of {args.window} x {FEATURES}, C calls and the GIL\n")
             gil_probe(args.window)
+        if "3" in parts:
+            print(f"\nPart 3: event-loop stalls during {args.window} x {FEATURES} windows\n")
+            stalls_table(args.window, args.rounds)
         return
 
     server = subprocess.Popen(
@@ -378,57 +502,77 @@ def main() -> None:
             server.stdout.readline()
 
         measure(address, args.clients, 2.0)  # warm up
+        for executor in EXECUTORS:  # start the evaluation process, fault the buffers in
+            command(f"on {executor}")
+            while scrape_evaluations(ports["metrics"], executor)[0] < 1:
+                time.sleep(0.5)
+            command("off")
         print(f"machine: {machine()}\n")
         print("Part 0: the tap on the request path\n")
         tap_cost()
         print(f"\nPart 1: one evaluation of {args.window} x {FEATURES}, C calls and the GIL\n")
         gil_probe(args.window)
-        print("\nPart 2: serving latency, drift evaluations off and on\n")
+        print("\nPart 2: serving latency, drift evaluations off and on, per executor\n")
         print(
-            f"window {args.window} × {FEATURES}, drift worker priority {args.priority}, "
-            f"{args.clients} clients, "
-            f"{args.seconds:g} s per run, {args.pairs} pairs\n"
+            f"window {args.window} × {FEATURES}, drift priority {args.priority}, "
+            f"{args.clients} clients, {args.seconds:g} s per run, {args.rounds} rounds\n"
         )
         print(
-            "| pair | p50 off ms | p50 on ms | p99 off ms | p99 on ms | p99 on/off "
-            "| req/s off | req/s on | evaluations in the on run (mean s each) |"
+            "| round | mode | p50 ms | p99 ms | p99.9 ms | p99 / off | req/s "
+            "| evaluations (mean s each) |"
         )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-        ratios = []
-        pooled: dict[str, list[np.ndarray]] = {"off": [], "on": []}
-        for pair in range(1, args.pairs + 1):
-            figures = {}
-            for mode in ("off", "on"):
-                command(mode)
-                if mode == "on":  # let the worker start on a full window first
-                    time.sleep(1.0)
-                before = scrape_evaluations(ports["metrics"])
+        print("|---:|---|---:|---:|---:|---:|---:|---|")
+        modes = ("off", *EXECUTORS)
+        ratios: dict[str, list[float]] = {m: [] for m in EXECUTORS}
+        pooled: dict[str, list[np.ndarray]] = {m: [] for m in modes}
+        for index in range(args.rounds):
+            order = modes[index % 3 :] + modes[: index % 3]
+            figures: dict[str, tuple[float, float, float, float, float, float]] = {}
+            for mode in order:
+                if mode != "off":
+                    command(f"on {mode}")
+                    time.sleep(1.0)  # let the worker start on a full window first
+                model = mode if mode != "off" else EXECUTORS[0]
+                before = scrape_evaluations(ports["metrics"], model)
                 lat = np.array(measure(address, args.clients, args.seconds))
                 pooled[mode].append(lat)
-                after = scrape_evaluations(ports["metrics"])
+                after = scrape_evaluations(ports["metrics"], model)
                 command("off")  # returns once the worker is idle
+                count = after[0] - before[0] if mode != "off" else 0.0
                 figures[mode] = (
-                    np.percentile(lat, 50) * 1000,
-                    np.percentile(lat, 99) * 1000,
+                    float(np.percentile(lat, 50)) * 1000,
+                    float(np.percentile(lat, 99)) * 1000,
+                    float(np.percentile(lat, 99.9)) * 1000,
                     lat.size / args.seconds,
-                    after[0] - before[0],
-                    (after[1] - before[1]) / max(after[0] - before[0], 1),
+                    count,
+                    (after[1] - before[1]) / max(count, 1),
                 )
-            off, on = figures["off"], figures["on"]
-            ratio = on[1] / off[1]
-            ratios.append(ratio)
+            for mode in modes:
+                p50, p99, p999, rate, count, each = figures[mode]
+                ratio = p99 / figures["off"][1]
+                if mode != "off":
+                    ratios[mode].append(ratio)
+                evaluations = f"{count:.0f} ({each:.2f} s)" if mode != "off" else "-"
+                print(
+                    f"| {index + 1} | {mode} | {p50:.2f} | {p99:.2f} | {p999:.2f} | "
+                    f"{ratio:.2f} | {rate:.0f} | {evaluations} |"
+                )
+        print()
+        for mode in EXECUTORS:
             print(
-                f"| {pair} | {off[0]:.2f} | {on[0]:.2f} | {off[1]:.2f} | {on[1]:.2f} | "
-                f"{ratio:.2f} | {off[2]:.0f} | {on[2]:.0f} | {on[3]:.0f} ({on[4]:.2f} s) |"
+                f"{mode}: median of the rounds' p99 ratios (on/off) "
+                f"{statistics.median(ratios[mode]):.2f} (range {min(ratios[mode]):.2f}–"
+                f"{max(ratios[mode]):.2f})"
             )
-        off_all, on_all = (np.concatenate(pooled[m]) * 1000 for m in ("off", "on"))
-        print(f"\nmedian of the pairs' p99 ratios (on/off): {statistics.median(ratios):.2f}")
-        for q in (50, 99, 99.9):
-            off_q, on_q = np.percentile(off_all, q), np.percentile(on_all, q)
-            print(
-                f"all runs pooled, p{q:g}: off {off_q:.2f} ms, on {on_q:.2f} ms, "
-                f"ratio {on_q / off_q:.2f}"
-            )
+        off_all = np.concatenate(pooled["off"]) * 1000
+        for mode in EXECUTORS:
+            on_all = np.concatenate(pooled[mode]) * 1000
+            for q in (50, 99, 99.9):
+                off_q, on_q = np.percentile(off_all, q), np.percentile(on_all, q)
+                print(
+                    f"{mode}, all runs pooled, p{q:g}: off {off_q:.2f} ms, on {on_q:.2f} ms, "
+                    f"ratio {on_q / off_q:.2f}"
+                )
         command("quit")
     finally:
         if server.poll() is None:

@@ -33,7 +33,9 @@ PREFIX = "sidecar_drift_"
 #: Scopes a model version is evaluated in.
 SCOPES = ("inputs", "outputs")
 #: Why a window was not evaluated (``sidecar_drift_windows_skipped_total{reason}``).
-SKIP_REASONS = ("too_few_rows", "error")
+SKIP_REASONS = ("too_few_rows", "error", "executor_failed")
+#: Where a model version's reference stands (``sidecar_drift_reference_state{state}``).
+REFERENCE_STATES = ("capturing", "unsaved", "ready")
 #: Evaluation time (seconds): 1 ms to 2 minutes.
 DURATION_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -127,6 +129,8 @@ class ModelDrift:
         self._dropped_rows = dropped_rows
         self._scopes: dict[str, _Scope] = {}
         self._skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self._reference_state: str | None = None
+        self._write_failures = 0
         self._durations: dict[str, ArrayHistogramChild] = {}
 
     @property
@@ -160,8 +164,20 @@ class ModelDrift:
             state.features_skipped += evaluation.features_skipped
             state.nonfinite_rows += evaluation.nonfinite_rows
 
+    def reference_state(self, state: str) -> None:
+        """The reference is being captured, captured but not yet written, or ready."""
+        if state not in REFERENCE_STATES:
+            raise ValueError(f"state must be one of {REFERENCE_STATES}, got {state!r}")
+        with self._collector.lock:
+            self._reference_state = state
+
+    def reference_write_failed(self) -> None:
+        """An attempt to write a captured reference to its file failed."""
+        with self._collector.lock:
+            self._write_failures += 1
+
     def window_skipped(self, reason: str, rows: int) -> None:
-        """A window (all scopes) was not evaluated: ``too_few_rows`` or ``error``."""
+        """A window (all scopes) was not evaluated (one of ``SKIP_REASONS``)."""
         if reason not in SKIP_REASONS:
             raise ValueError(f"reason must be one of {SKIP_REASONS}, got {reason!r}")
         with self._collector.lock:
@@ -184,6 +200,11 @@ class ModelDrift:
         f.dropped.add_metric(base, float(self.dropped_rows))
         for reason, count in self._skipped.items():
             f.windows_skipped.add_metric([*base, reason], float(count))
+        if self._reference_state is not None:
+            for name in REFERENCE_STATES:
+                current = 1.0 if name == self._reference_state else 0.0
+                f.reference_state.add_metric([*base, name], current)
+            f.write_failures.add_metric(base, float(self._write_failures))
         for scope, state in self._scopes.items():
             labels = [*base, scope]
             f.reference.add_metric(labels, float(state.reference_rows))
@@ -231,6 +252,8 @@ class _Families:
     nonfinite: CounterMetricFamily
     windows_skipped: CounterMetricFamily
     dropped: CounterMetricFamily
+    reference_state: GaugeMetricFamily
+    write_failures: CounterMetricFamily
     bin_rows: CounterMetricFamily
     bin_ratio: GaugeMetricFamily
 
@@ -291,12 +314,24 @@ class _Families:
             ),
             windows_skipped=CounterMetricFamily(
                 f"{p}windows_skipped",
-                "Windows not evaluated: too_few_rows (flushed below min_window) or error.",
+                "Windows not evaluated: too_few_rows (flushed below min_window), error (the "
+                "evaluation raised) or executor_failed (the evaluation process died).",
                 labels=[*_MODEL, "reason"],
             ),
             dropped=CounterMetricFamily(
                 f"{p}rows_dropped",
                 "Sampled rows not monitored because the drift worker was behind (queue full).",
+                labels=_MODEL,
+            ),
+            reference_state=GaugeMetricFamily(
+                f"{p}reference_state",
+                "1 for the state the reference is in: capturing (taking the first live rows), "
+                "unsaved (captured and in use, its file not written yet: retrying), ready.",
+                labels=[*_MODEL, "state"],
+            ),
+            write_failures=CounterMetricFamily(
+                f"{p}reference_write_failures",
+                "Failed attempts to write a captured reference to its file (each is retried).",
                 labels=_MODEL,
             ),
             bin_rows=CounterMetricFamily(
@@ -327,6 +362,8 @@ class _Families:
             self.nonfinite,
             self.windows_skipped,
             self.dropped,
+            self.reference_state,
+            self.write_failures,
             self.bin_rows,
             self.bin_ratio,
         )
@@ -340,7 +377,8 @@ class DriftCollector(Collector):
         self._models: dict[tuple[str, str], ModelDrift] = {}
         self.duration = ArrayHistogram(
             f"{PREFIX}evaluation_duration_seconds",
-            "Time one evaluation of a window took (per scope), on the drift worker thread.",
+            "Time one evaluation of a window took (per scope), in the drift worker thread or "
+            "evaluation process.",
             _SCOPE,
             DURATION_BUCKETS,
             unit="seconds",

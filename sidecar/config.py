@@ -561,6 +561,12 @@ class DriftMonitoringConfig(_Section):
     queue_rows: int = Field(
         65536, ge=1, description="sampled rows waiting for the drift worker; more are dropped"
     )
+    executor: Literal["thread", "process"] = Field(
+        "thread",
+        description="where windows are evaluated: thread (the drift worker thread, which "
+        "shares the GIL with serving) or process (a low-priority child process reading the "
+        "window from shared memory; for large windows, docs/drift-monitoring.md)",
+    )
     fleet: DriftFleetConfig = DriftFleetConfig()
 
     @field_validator("reference")

@@ -219,6 +219,7 @@ class DriftMonitoring(BaseListener):
             inputs,
             outputs,
             capture,
+            priority=self.worker.priority,
             clock=self._clock,
             monotonic=self._monotonic,
         )

@@ -26,25 +26,27 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from detectors.chi2 import MIN_EXPECTED, merge_sparse_bins
-from detectors.drift import (
-    DEFAULT_CONTINUOUS_TESTS,
-    DEFAULT_DISCRETE_TESTS,
-    DriftConfig,
-    DriftDetector,
-    DriftResult,
-)
+from detectors.drift import DEFAULT_CONTINUOUS_TESTS, DEFAULT_DISCRETE_TESTS, DriftConfig
 from detectors.reference import Reference
-from exporters.drift import BinLayout, Evaluation, FeatureValue, ModelDrift
+from exporters.drift import BinLayout, ModelDrift
 from sidecar.config import DriftFleetConfig, DriftMonitoringConfig
+from sidecar.drift.executor import (
+    EvaluationError,
+    Evaluator,
+    EvaluatorFailed,
+    ScopeSpec,
+    evaluator,
+)
 from sidecar.drift.features import FeatureMap
 from sidecar.drift.reference import write_reference
+from sidecar.drift.worker import Priority
 from sidecar.types import Tensors
 
 log = logging.getLogger(__name__)
@@ -191,47 +193,14 @@ class ScopeReference:
 class _Scope:
     """One scope (inputs or outputs) of a monitor with a known reference."""
 
-    def __init__(
-        self,
-        name: str,
-        ref: ScopeReference,
-        config: DriftMonitoringConfig,
-        detector_config: DriftConfig,
-    ) -> None:
+    def __init__(self, name: str, ref: ScopeReference, config: DriftMonitoringConfig) -> None:
         self.name = name
         self.features = ref.features
-        self.detector = DriftDetector(ref.reference, detector_config)
-        self.buffer = np.empty((config.window_size, ref.features.width), dtype=np.float64)
         self.fleet = FleetBins.build(ref.reference, config.fleet) if config.fleet.enabled else None
-        self.exported = frozenset(ref.features.names[: config.max_exported_features])
+        self.spec = ScopeSpec(
+            name, ref.reference, frozenset(ref.features.names[: config.max_exported_features])
+        )
         self.reference_rows = ref.reference.n_rows
-
-
-def evaluation_of(
-    result: DriftResult, exported: frozenset[str], seconds: float, at: float
-) -> Evaluation:
-    """The exporter's view of a detector result: plain numbers, exported features only."""
-    values: list[FeatureValue] = []
-    for feature in result.features:
-        if feature.name not in exported:
-            continue
-        for test in feature.tests:
-            if test.statistic is not None or test.p_value is not None:
-                values.append(FeatureValue(feature.name, test.test, test.statistic, test.p_value))
-        if feature.combined_p is not None:
-            values.append(FeatureValue(feature.name, "combined", None, feature.combined_p))
-        if feature.adjusted_p is not None:
-            values.append(FeatureValue(feature.name, "adjusted", None, feature.adjusted_p))
-    return Evaluation(
-        drifted=result.drifted,
-        features_drifted=result.n_drifted,
-        features_skipped=result.n_skipped,
-        window_rows=result.n_window,
-        nonfinite_rows=result.n_nonfinite_rows_excluded,
-        duration_seconds=seconds,
-        timestamp=at,
-        values=tuple(values),
-    )
 
 
 # --------------------------------------------------------------------------- capture
@@ -269,6 +238,12 @@ def _split(item: _Item, k: int) -> tuple[_Item, _Item]:
 # --------------------------------------------------------------------------- the monitor
 
 
+#: Seconds before the first retry of writing a captured reference; doubled after each failure.
+CAPTURE_RETRY_FIRST = 1.0
+#: The longest wait between two attempts to write a captured reference.
+CAPTURE_RETRY_MAX = 300.0
+
+
 class ModelMonitor:
     """Drift monitoring of one model version (see the module docstring)."""
 
@@ -282,6 +257,7 @@ class ModelMonitor:
         outputs: ScopeReference | None,
         capture: Capture | None = None,
         *,
+        priority: Priority = "idle",
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
     ) -> None:
@@ -291,12 +267,15 @@ class ModelMonitor:
         self.version = version
         self.config = config
         self._detector_config = detector_config
+        self._priority = priority
         self._clock = clock
         self._monotonic = monotonic
         self._capture = capture
         self._scopes: list[_Scope] = []
+        self._evaluator: Evaluator | None = None
         self._pending: tuple[ScopeReference | None, ScopeReference | None] = (inputs, outputs)
         self._export: ModelDrift | None = None
+        self._closed = False
         # request path state (guarded by _lock)
         self._lock = threading.Lock()
         self._queue: list[_Item] = []
@@ -307,6 +286,12 @@ class ModelMonitor:
         # window state (worker thread only)
         self._filled = 0
         self._window_started = 0.0
+        # a captured reference whose file could not be written yet (worker thread only)
+        self._unsaved: dict[str, np.ndarray] | None = None
+        self._unsaved_path: Path | None = None
+        self._retry_at = 0.0
+        self._retry_delay = CAPTURE_RETRY_FIRST
+        self._write_failures = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -316,28 +301,56 @@ class ModelMonitor:
         return self._capture is not None
 
     @property
+    def reference_unsaved(self) -> bool:
+        """True while a captured reference is in use but its file could not be written yet."""
+        return self._unsaved is not None
+
+    @property
     def dropped_rows(self) -> int:
         """Sampled rows refused because the queue was full."""
         return self._dropped_rows
+
+    @property
+    def evaluator(self) -> Evaluator | None:
+        """What scores this monitor's windows (None until the reference is known)."""
+        return self._evaluator
 
     def activate(self, export: ModelDrift) -> None:
         """Start exporting (called once the model serves)."""
         self._export = export
         inputs, outputs = self._pending
         if inputs is not None:
+            export.reference_state("ready")
             self._start_scopes(inputs, outputs)
+        else:
+            export.reference_state("capturing")
 
     def _start_scopes(self, inputs: ScopeReference, outputs: ScopeReference | None) -> None:
-        scopes = [_Scope("inputs", inputs, self.config, self._detector_config)]
+        scopes = [_Scope("inputs", inputs, self.config)]
         if outputs is not None:
-            scopes.append(_Scope("outputs", outputs, self.config, self._detector_config))
+            scopes.append(_Scope("outputs", outputs, self.config))
         since = self._clock()
         assert self._export is not None
         for scope in scopes:
             layout = scope.fleet.layout if scope.fleet is not None else None
             self._export.start_scope(scope.name, scope.reference_rows, layout, since)
+        self._evaluator = evaluator(
+            self.config.executor,
+            f"model {self.model!r} version {self.version}",
+            [scope.spec for scope in scopes],
+            self._detector_config,
+            self.config.window_size,
+            self._priority,
+        )
         self._scopes = scopes
         self._pending = (None, None)
+
+    def close(self) -> None:
+        """Stop monitoring: release the evaluator (its child process and shared memory)."""
+        self._closed = True
+        evaluator, self._evaluator = self._evaluator, None
+        if evaluator is not None:
+            evaluator.close()
 
     # ------------------------------------------------------------------ request path
 
@@ -367,11 +380,15 @@ class ModelMonitor:
         with self._lock:
             items, self._queue = self._queue, []
             self._queued_rows = 0
+        if self._closed:
+            return
         if items and self._capture is not None:
             items = self._take_capture(items)
+        now = self._monotonic()
+        if self._unsaved is not None and now >= self._retry_at:
+            self._save_captured(now)
         if not self._scopes:
             return
-        now = self._monotonic()
         if items:
             self._add(items, now)
         flush = self.config.flush_seconds
@@ -390,6 +407,7 @@ class ModelMonitor:
             if scope.fleet is not None and self._export is not None:
                 self._export.add_bin_rows(scope.name, scope.fleet.count(rows))
             blocks.append(rows)
+        buffers = self._buffers()
         n = blocks[0].shape[0]
         size = self.config.window_size
         pos = 0
@@ -397,17 +415,41 @@ class ModelMonitor:
             if self._filled == 0:
                 self._window_started = now
             take = min(size - self._filled, n - pos)
-            for scope, rows in zip(self._scopes, blocks, strict=True):
-                scope.buffer[self._filled : self._filled + take] = rows[pos : pos + take]
+            for buffer, rows in zip(buffers, blocks, strict=True):
+                buffer[self._filled : self._filled + take] = rows[pos : pos + take]
             self._filled += take
             pos += take
             if self._filled == size:
                 self._close()
 
+    def _buffers(self) -> Sequence[np.ndarray]:
+        """The window buffers; the thread executor when the process executor cannot have them."""
+        assert self._evaluator is not None
+        try:
+            return self._evaluator.buffers()
+        except EvaluatorFailed as exc:
+            log.warning(
+                "model %s version %s: %s; evaluating drift on the worker thread instead "
+                "(executor: thread)",
+                self.model,
+                self.version,
+                exc.message,
+            )
+            self._evaluator.close()
+            self._evaluator = evaluator(
+                "thread",
+                f"model {self.model!r} version {self.version}",
+                [scope.spec for scope in self._scopes],
+                self._detector_config,
+                self.config.window_size,
+                self._priority,
+            )
+            return self._evaluator.buffers()
+
     def _close(self) -> None:
         n, self._filled = self._filled, 0
         export = self._export
-        assert export is not None
+        assert export is not None and self._evaluator is not None
         if n < self.config.min_window:
             export.window_skipped("too_few_rows", n)
             log.info(
@@ -418,34 +460,49 @@ class ModelMonitor:
                 self.config.min_window,
             )
             return
-        results: list[tuple[_Scope, Evaluation]] = []
         try:
-            for scope in self._scopes:
-                started = time.perf_counter()
-                result = scope.detector.score(scope.buffer[:n])
-                seconds = time.perf_counter() - started
-                if not result.evaluated:
-                    export.window_skipped("too_few_rows", n)
-                    return
-                results.append(
-                    (scope, evaluation_of(result, scope.exported, seconds, self._clock()))
-                )
-                if result.drifted:
-                    log.info(
-                        "model %s version %s: %s drift in %d of %d features (%s)",
-                        self.model,
-                        self.version,
-                        scope.name,
-                        result.n_drifted,
-                        result.n_features,
-                        ", ".join(result.drifted_features[:10]),
-                    )
+            outcomes = self._evaluator.evaluate(n)
+        except EvaluatorFailed as exc:
+            log.error(
+                "model %s version %s: drift window of %d rows not evaluated: %s; "
+                "the next window starts a new evaluation process",
+                self.model,
+                self.version,
+                n,
+                exc.message,
+            )
+            export.window_skipped("executor_failed", n)
+            return
+        except EvaluationError as exc:
+            log.error(
+                "model %s version %s: drift evaluation failed in the evaluation process:\n%s",
+                self.model,
+                self.version,
+                exc.message,
+            )
+            export.window_skipped("error", n)
+            return
         except Exception:
             log.exception("model %s version %s: drift evaluation failed", self.model, self.version)
             export.window_skipped("error", n)
             return
-        for scope, evaluation in results:
-            export.evaluated(scope.name, evaluation)
+        if any(not o.evaluated for o in outcomes):
+            export.window_skipped("too_few_rows", n)
+            return
+        at = self._clock()
+        for outcome in outcomes:
+            assert outcome.evaluation is not None
+            if outcome.evaluation.drifted:
+                log.info(
+                    "model %s version %s: %s drift in %d of %d features (%s)",
+                    self.model,
+                    self.version,
+                    outcome.scope,
+                    outcome.n_drifted,
+                    outcome.n_features,
+                    ", ".join(outcome.drifted_features),
+                )
+            export.evaluated(outcome.scope, replace(outcome.evaluation, timestamp=at))
 
     # ------------------------------------------------------------------ capture
 
@@ -470,24 +527,8 @@ class ModelMonitor:
     def _finish_capture(self, capture: Capture) -> None:
         inputs = [p[0] for p in capture.parts]
         arrays = {n: np.concatenate([t[n] for t in inputs]) for n in capture.inputs}
-        try:
-            write_reference(capture.path, arrays)
-        except OSError:
-            log.exception(
-                "model %s version %s: cannot write the captured drift reference to %s; "
-                "using it for this process only",
-                self.model,
-                self.version,
-                capture.path,
-            )
-        else:
-            log.info(
-                "model %s version %s: wrote %d captured reference rows to %s",
-                self.model,
-                self.version,
-                capture.have,
-                capture.path,
-            )
+        self._unsaved, self._unsaved_path = arrays, capture.path
+        self._save_captured(self._monotonic())
         in_ref = fit_scope(capture.input_features, capture.input_features.rows([arrays]))
         out_ref: ScopeReference | None = None
         outputs = [p[1] for p in capture.parts]
@@ -496,6 +537,46 @@ class ModelMonitor:
             out_ref = fit_scope(capture.output_features, rows)
         self._capture = None
         self._start_scopes(in_ref, out_ref)
+
+    def _save_captured(self, now: float) -> None:
+        """Write the captured reference; on failure keep it (bounded: capture_rows) and retry.
+
+        Retries back off from CAPTURE_RETRY_FIRST to CAPTURE_RETRY_MAX seconds and go on
+        for the life of the process (the rows stay in use meanwhile, held once).
+        """
+        arrays, path = self._unsaved, self._unsaved_path
+        assert arrays is not None and path is not None and self._export is not None
+        rows = int(next(iter(arrays.values())).shape[0])
+        try:
+            write_reference(path, arrays)
+        except OSError as exc:
+            self._write_failures += 1
+            self._export.reference_write_failed()
+            self._export.reference_state("unsaved")
+            self._retry_at = now + self._retry_delay
+            log.warning(
+                "model %s version %s: cannot write the captured drift reference (%d rows) to %s "
+                "(attempt %d): %s; using it from memory, retrying in %g s",
+                self.model,
+                self.version,
+                rows,
+                path,
+                self._write_failures,
+                exc,
+                self._retry_delay,
+            )
+            self._retry_delay = min(self._retry_delay * 2, CAPTURE_RETRY_MAX)
+            return
+        self._unsaved = self._unsaved_path = None
+        self._export.reference_state("ready")
+        log.info(
+            "model %s version %s: wrote %d captured reference rows to %s%s",
+            self.model,
+            self.version,
+            rows,
+            path,
+            f" after {self._write_failures} failed attempts" if self._write_failures else "",
+        )
 
 
 def fit_scope(features: FeatureMap, rows: np.ndarray) -> ScopeReference:

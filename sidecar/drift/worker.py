@@ -14,6 +14,25 @@ log = logging.getLogger(__name__)
 Priority = Literal["idle", "nice", "normal"]
 
 
+def lower_priority(priority: Priority, tid: int = 0) -> None:
+    """Run thread ``tid`` (0: this whole process) only on CPU time nothing else wants (Linux).
+
+    ``idle`` is the SCHED_IDLE policy, falling back to nice 19 where it is refused;
+    ``nice`` is nice 19; ``normal`` changes nothing.
+    """
+    if priority == "idle" and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except OSError as exc:
+            log.info("drift: SCHED_IDLE refused (%s); using nice 19", exc)
+    if priority != "normal" and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+        except OSError as exc:
+            log.warning("drift: cannot lower the priority: %s", exc)
+
+
 class Monitor(Protocol):
     """What the worker runs: ``sidecar.drift.monitor.ModelMonitor``."""
 
@@ -29,6 +48,10 @@ class Monitor(Protocol):
 
     def process(self) -> None:
         """Take queued rows, fill windows, evaluate full ones."""
+        ...
+
+    def close(self) -> None:
+        """Release the monitor's evaluator (a child process, shared memory); idempotent."""
         ...
 
 
@@ -48,19 +71,43 @@ class DriftWorker:
         self._interval = interval
         self._priority = priority
         self._monitors: dict[tuple[str, str], Monitor] = {}
+        self._retired: list[Monitor] = []  # removed, to be closed by the worker thread
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def priority(self) -> Priority:
+        """The scheduling this thread (and every evaluation process) runs at."""
+        return self._priority
+
     def add(self, monitor: Monitor) -> None:
         """Process ``monitor`` from now on (replacing one of the same model version)."""
         with self._lock:
+            replaced = self._monitors.get((monitor.model, monitor.version))
             self._monitors[(monitor.model, monitor.version)] = monitor
+            if replaced is not None and replaced is not monitor:
+                self._retired.append(replaced)
 
     def remove(self, model: str, version: str) -> None:
-        """Stop processing a model version."""
+        """Stop processing a model version; its monitor is closed by the worker thread.
+
+        (The thread may be in the middle of that monitor's ``process()``; closing it
+        there, before the next round, never pulls its buffers from under it.)
+        """
         with self._lock:
-            self._monitors.pop((model, version), None)
+            removed = self._monitors.pop((model, version), None)
+            if removed is not None:
+                self._retired.append(removed)
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for monitor in retired:
+            try:
+                monitor.close()
+            except Exception:
+                log.exception("closing the drift monitor of %s v%s", monitor.model, monitor.version)
 
     def monitors(self) -> Mapping[tuple[str, str], Monitor]:
         """The monitors processed now."""
@@ -69,6 +116,7 @@ class DriftWorker:
 
     def run_once(self) -> None:
         """Process every monitor once (the thread's loop; tests call it directly)."""
+        self._close_retired()
         for monitor in self.monitors().values():
             try:
                 monitor.process()
@@ -84,28 +132,19 @@ class DriftWorker:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread (a window being evaluated finishes first)."""
+        """Stop the thread (a window being evaluated finishes first), then close every monitor."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
             thread.join(60)
-
-    def _lower_priority(self) -> None:
-        """Make this thread run only on CPU time serving does not want (Linux, per thread)."""
-        tid = threading.get_native_id()
-        if self._priority == "idle" and hasattr(os, "SCHED_IDLE"):
+        self._close_retired()
+        for monitor in self.monitors().values():
             try:
-                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-                return
-            except OSError as exc:
-                log.info("drift worker: SCHED_IDLE refused (%s); using nice 19", exc)
-        if self._priority != "normal" and hasattr(os, "setpriority"):
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, 19)
-            except OSError as exc:
-                log.warning("drift worker: cannot lower its priority: %s", exc)
+                monitor.close()
+            except Exception:
+                log.exception("closing the drift monitor of %s v%s", monitor.model, monitor.version)
 
     def _run(self) -> None:
-        self._lower_priority()
+        lower_priority(self._priority, threading.get_native_id())
         while not self._stop.wait(self._interval):
             self.run_once()

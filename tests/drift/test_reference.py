@@ -3,7 +3,12 @@ reductions, and a reference captured from the first live rows and reused after a
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +167,90 @@ def test_captured_reference_is_written_and_reused_after_a_restart(tmp_path: Path
     again = restarted.add(settings, SumRuntime(4))
     assert again.ready, again.error
     assert restarted.value("sidecar_drift_reference_samples", **labels) == 200  # at load
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """Make ``directory`` really unwritable for this process, then writable again.
+
+    Permission bits do not stop root (these tests may run as root in a container), the
+    immutable attribute does; as another user, mode 0o500 does. Either way the block
+    is checked by trying to create a file.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+        undo = ["chattr", "-i", str(directory)]
+    else:
+        directory.chmod(0o500)
+        undo = ["chmod", "700", str(directory)]
+    try:
+        with pytest.raises(PermissionError):
+            (directory / "probe").touch()
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_an_unwritable_capture_is_kept_in_memory_and_retried_until_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reference's directory refuses the file, then accepts it: retried with backoff."""
+    now = [1000.0]
+    harness = Harness(tmp_path, now)
+    settings = drift("volume/captured.npy", capture_rows=200)
+    model = harness.add(settings, SumRuntime(4))
+    assert model.ready, model.error
+    base = {"model": "m", "version": "1"}
+    scope = {**base, "scope": "inputs"}
+    assert harness.value("sidecar_drift_reference_state", **base, state="capturing") == 1
+    volume = tmp_path / "m" / "volume"
+    path = volume / "captured.npy"
+    x = np.random.default_rng(3).standard_normal((400, 4)).astype(np.float32)
+    failures = "sidecar_drift_reference_write_failures_total"
+    with caplog.at_level(logging.INFO, logger="sidecar.drift"), unwritable(volume):
+        harness.request(model, {"x": x[:250]}, outputs={})
+        harness.process()
+        assert not path.exists()
+        assert harness.value(failures, **base) == 1
+        assert harness.value("sidecar_drift_reference_state", **base, state="unsaved") == 1
+        assert harness.value("sidecar_drift_reference_state", **base, state="ready") == 0
+        assert "cannot write the captured drift reference (200 rows)" in caplog.text
+        assert str(path) in caplog.text and "retrying in 1 s" in caplog.text
+        # The captured rows are the reference meanwhile: windows are evaluated against it.
+        assert harness.value("sidecar_drift_reference_samples", **scope) == 200
+        harness.request(model, {"x": x[250:]}, outputs={})
+        harness.process()
+        assert harness.value("sidecar_drift_evaluations_total", **scope) == 2
+        # Backoff: 1 s, then 2 s, then 4 s between attempts.
+        assert harness.value(failures, **base) == 1  # not retried before its time
+        for wait, attempts in ((0.5, 1), (0.5, 2), (1.5, 2), (0.5, 3), (3.9, 3), (0.1, 4)):
+            now[0] += wait
+            harness.process()
+            assert harness.value(failures, **base) == attempts, (wait, attempts)
+        assert not path.exists()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sidecar.drift"):
+        now[0] += 7.9  # the next attempt is due 8 s after the fourth
+        harness.process()
+        assert not path.exists()
+        now[0] += 0.1
+        harness.process()
+    np.testing.assert_array_equal(np.load(path), x[:200])  # exactly the first rows
+    assert "wrote 200 captured reference rows" in caplog.text
+    assert "after 4 failed attempts" in caplog.text
+    assert harness.value(failures, **base) == 4
+    assert harness.value("sidecar_drift_reference_state", **base, state="ready") == 1
+    assert harness.value("sidecar_drift_reference_state", **base, state="unsaved") == 0
+    now[0] += 1000
+    harness.process()
+    assert harness.value(failures, **base) == 4  # written: no more attempts
+
+    restarted = Harness(tmp_path)
+    again = restarted.add(settings, SumRuntime(4))
+    assert again.ready, again.error
+    assert restarted.value("sidecar_drift_reference_samples", **scope) == 200  # at load
+    assert restarted.value("sidecar_drift_reference_state", **base, state="ready") == 1
 
 
 def test_capture_takes_a_classifier_s_outputs_from_live_traffic(tmp_path: Path) -> None:
