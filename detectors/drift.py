@@ -350,7 +350,15 @@ class _Scratch:
 
 
 class DriftDetector:
-    """Scores windows against a fixed reference. ``score()`` reads only; nothing is mutated."""
+    """Scores windows against a fixed reference.
+
+    ``score()`` changes nothing but a bounded cache of how each feature's sparse
+    reference bins merge for a window size (a pure function of the reference's
+    counts and the window size, in a Python loop: worth computing once).
+    """
+
+    #: Most (feature, window size) bin merges kept.
+    MAX_CACHED_MERGES = 65_536
 
     def __init__(self, reference: Reference, config: DriftConfig | None = None) -> None:
         self._reference = reference
@@ -358,6 +366,7 @@ class DriftDetector:
         cfg = self._config
         configured = set(cfg.continuous_tests) | set(cfg.discrete_tests) | {"chi2"}
         self._tests = tuple(t for t in _TEST_ORDER if t in configured)
+        self._merges: dict[tuple[int, int], IntArray] = {}
 
     @property
     def reference(self) -> Reference:
@@ -471,7 +480,7 @@ class DriftDetector:
         if "chi2" in tests or "psi" in cfg.distances:
             ref_counts, win_counts, n_bins = self._bin_counts(kind, idx, win)
             if "chi2" in tests:
-                stat, p = self._chi2(kind, ref_counts, win_counts, n_bins, n_win)
+                stat, p = self._chi2(kind, idx, ref_counts, win_counts, n_bins, n_win)
                 out.put(
                     "chi2",
                     idx,
@@ -526,6 +535,7 @@ class DriftDetector:
     def _chi2(
         self,
         kind: FeatureKind,
+        idx: IntArray,
         ref_counts: FloatArray,
         win_counts: FloatArray,
         n_bins: IntArray,
@@ -557,7 +567,13 @@ class DriftDetector:
                 new_r = np.bincount(mapping[keep], weights=r[keep], minlength=len(groups))
                 new_w = np.bincount(mapping[keep], weights=w[keep], minlength=len(groups))
             else:
-                mapping = merge_sparse_bins(r, n_win, cfg.min_expected)
+                key = (int(idx[k]), n_win)
+                cached = self._merges.get(key)
+                if cached is None:
+                    cached = merge_sparse_bins(r, n_win, cfg.min_expected)
+                    if len(self._merges) < self.MAX_CACHED_MERGES:
+                        self._merges[key] = cached
+                mapping = cached
                 new_r = np.bincount(mapping, weights=r)
                 new_w = np.bincount(mapping, weights=w)
             ref_counts[k] = 0.0

@@ -201,6 +201,8 @@ class _Scope:
             name, ref.reference, frozenset(ref.features.names[: config.max_exported_features])
         )
         self.reference_rows = ref.reference.n_rows
+        #: Rows not yet counted into the fleet bins (counted in batches: see ModelMonitor).
+        self.uncounted: list[np.ndarray] = []
 
 
 # --------------------------------------------------------------------------- capture
@@ -237,6 +239,11 @@ def _split(item: _Item, k: int) -> tuple[_Item, _Item]:
 
 # --------------------------------------------------------------------------- the monitor
 
+
+#: Fleet bin counters are updated once this many rows were taken, or ...
+FLEET_BATCH_ROWS = 1024
+#: ... once this many seconds passed since the last update (what a scrape may lag).
+FLEET_MAX_DELAY = 1.0
 
 #: Seconds before the first retry of writing a captured reference; doubled after each failure.
 CAPTURE_RETRY_FIRST = 1.0
@@ -286,6 +293,8 @@ class ModelMonitor:
         # window state (worker thread only)
         self._filled = 0
         self._window_started = 0.0
+        self._uncounted_rows = 0  # rows waiting in the scopes' ``uncounted``
+        self._counted_at = 0.0  # monotonic time of the last fleet count
         # a captured reference whose file could not be written yet (worker thread only)
         self._unsaved: dict[str, np.ndarray] | None = None
         self._unsaved_path: Path | None = None
@@ -391,6 +400,10 @@ class ModelMonitor:
             return
         if items:
             self._add(items, now)
+        if self._uncounted_rows and (
+            self._uncounted_rows >= FLEET_BATCH_ROWS or now - self._counted_at >= FLEET_MAX_DELAY
+        ):
+            self._count_fleet(now)
         flush = self.config.flush_seconds
         if flush is not None and self._filled and now - self._window_started >= flush:
             self._close()
@@ -404,11 +417,12 @@ class ModelMonitor:
         for scope in self._scopes:
             tensors = [i.inputs if scope.name == "inputs" else i.outputs for i in items]
             rows = scope.features.rows([t for t in tensors if t is not None])
-            if scope.fleet is not None and self._export is not None:
-                self._export.add_bin_rows(scope.name, scope.fleet.count(rows))
+            if scope.fleet is not None:
+                scope.uncounted.append(rows)
             blocks.append(rows)
         buffers = self._buffers()
         n = blocks[0].shape[0]
+        self._uncounted_rows += n
         size = self.config.window_size
         pos = 0
         while pos < n:
@@ -421,6 +435,22 @@ class ModelMonitor:
             pos += take
             if self._filled == size:
                 self._close()
+
+    def _count_fleet(self, now: float) -> None:
+        """Add the rows taken since the last count to the fleet bin counters, in one pass.
+
+        Counting is a numpy pass per feature: done per worker tick it would cost
+        a few hundred numpy calls for a few dozen rows, so rows are counted in
+        batches of ``FLEET_BATCH_ROWS``, or after ``FLEET_MAX_DELAY`` seconds.
+        """
+        self._uncounted_rows = 0
+        self._counted_at = now
+        for scope in self._scopes:
+            pending, scope.uncounted = scope.uncounted, []
+            if scope.fleet is None or not pending or self._export is None:
+                continue
+            rows = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            self._export.add_bin_rows(scope.name, scope.fleet.count(rows))
 
     def _buffers(self) -> Sequence[np.ndarray]:
         """The window buffers; the thread executor when the process executor cannot have them."""
