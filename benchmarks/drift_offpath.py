@@ -23,7 +23,10 @@ the spinning thread made progress during it (it can only if the call released
 the GIL).
 
 Part 2: this process is the client: ``--clients`` closed-loop gRPC clients send
-single-row requests to ``digits`` for ``--seconds`` per run. Each round runs
+single-row requests to ``digits`` for ``--seconds`` per run (with ``--rate``,
+open loop instead: that many requests/s in all on a fixed schedule, latency
+counted from each request's scheduled time, the regime of a server with CPU
+to spare). Each round runs
 feeder off, feeder on with the thread executor, and feeder on with the process
 executor (``--rounds`` times, the order of the three rotating), so a noisy
 shared machine affects all modes alike; the figures to quote are the ratios
@@ -40,6 +43,7 @@ other jobs on the machine. (tests/drift/test_offpath.py asserts bounds on the
 same measure.)
 
     python benchmarks/drift_offpath.py [--rounds 5] [--seconds 10] [--clients 4] [--priority idle]
+        [--rate REQUESTS_PER_SECOND]
 """
 
 from __future__ import annotations
@@ -180,12 +184,19 @@ def scrape_evaluations(port: int, model: str) -> tuple[float, float]:
     return count, total
 
 
-def measure(address: str, clients: int, seconds: float) -> list[float]:
-    """Latencies (seconds) of single-row requests from ``clients`` closed-loop clients."""
+def measure(address: str, clients: int, seconds: float, rate: float | None = None) -> list[float]:
+    """Latencies (seconds) of single-row requests from ``clients`` clients.
+
+    Closed loop (each client sends its next request when the last one is
+    answered) by default; with ``rate``, open loop: the clients send ``rate``
+    requests/s in all on a fixed schedule, and a latency runs from the request's
+    scheduled time (so a server that falls behind is charged for the wait).
+    """
     import tritonclient.grpc as triton
 
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+    deadline = start + seconds
 
     def run(index: int) -> None:
         client = triton.InferenceServerClient(address)
@@ -194,7 +205,13 @@ def measure(address: str, clients: int, seconds: float) -> list[float]:
         inp = triton.InferInput("input", [1, FEATURES], "FP32")
         inp.set_data_from_numpy(x)
         out = latencies[index]
+        interval = clients / rate if rate else 0.0
+        scheduled = start + index * interval / clients
         while (now := time.perf_counter()) < deadline:
+            if rate:
+                if scheduled > now:
+                    time.sleep(scheduled - now)  # the open loop's schedule, not a wait for state
+                now, scheduled = scheduled, scheduled + interval
             client.infer("digits", [inp])
             out.append(time.perf_counter() - now)
         client.close()
@@ -445,6 +462,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     parser.add_argument("--window", type=int, default=100_000, help="rows (default 100000)")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="part 2 open loop: requests/s in all (default: closed loop)",
+    )
+    parser.add_argument(
         "--priority",
         choices=("idle", "nice", "normal"),
         default="idle",
@@ -515,7 +538,9 @@ def main() -> None:
         print("\nPart 2: serving latency, drift evaluations off and on, per executor\n")
         print(
             f"window {args.window} × {FEATURES}, drift priority {args.priority}, "
-            f"{args.clients} clients, {args.seconds:g} s per run, {args.rounds} rounds\n"
+            f"{args.clients} clients, "
+            + (f"open loop at {args.rate:g} requests/s, " if args.rate else "closed loop, ")
+            + f"{args.seconds:g} s per run, {args.rounds} rounds\n"
         )
         print(
             "| round | mode | p50 ms | p99 ms | p99.9 ms | p99 / off | req/s "
@@ -534,7 +559,7 @@ def main() -> None:
                     time.sleep(1.0)  # let the worker start on a full window first
                 model = mode if mode != "off" else EXECUTORS[0]
                 before = scrape_evaluations(ports["metrics"], model)
-                lat = np.array(measure(address, args.clients, args.seconds))
+                lat = np.array(measure(address, args.clients, args.seconds, args.rate))
                 pooled[mode].append(lat)
                 after = scrape_evaluations(ports["metrics"], model)
                 command("off")  # returns once the worker is idle
