@@ -267,3 +267,27 @@ def test_an_extreme_window_is_evaluated_without_warnings(harness: Harness) -> No
     labels = {"model": "m", "version": "1", "scope": "inputs"}
     assert harness.value("sidecar_drift_detected", **labels) == 1
     assert harness.value("sidecar_drift_features_drifted", **labels) == WIDTH
+
+
+def test_fleet_bins_are_counted_in_batches_of_rows_or_time(harness: Harness) -> None:
+    """Counting is a pass per feature: not every 50 ms tick, but per 1,024 rows or second."""
+    from sidecar.drift.monitor import FLEET_BATCH_ROWS, FLEET_MAX_DELAY
+
+    model = load(harness, outputs=False)
+    labels = {"model": "m", "version": "1", "scope": "inputs"}
+
+    def counted() -> float:
+        return sum(harness.samples("sidecar_drift_bin_rows_total", **labels).values()) / WIDTH
+
+    send(harness, model, rows(10, 1))
+    harness.process()
+    assert counted() == 10  # the first rows are counted at once
+    send(harness, model, rows(10, 2))
+    harness.process()
+    assert counted() == 10  # a tick later, same second: waiting for more
+    harness.now[0] += FLEET_MAX_DELAY
+    harness.process()
+    assert counted() == 20  # a second later: counted without new rows
+    send(harness, model, rows(FLEET_BATCH_ROWS, 3))
+    harness.process()
+    assert counted() == 20 + FLEET_BATCH_ROWS  # a full batch is counted at once
