@@ -4,9 +4,9 @@ One server process serves the digits ONNX model (64 float inputs) with drift
 monitoring on a reference of 5,000 N(0, 1) rows and windows of ``--window``
 rows (default 100,000 × 64 features). The server also loads two copies of it
 that nobody calls, ``thread`` and ``process``, the same but for
-``monitoring.drift.executor``. Inside the server, a feeder thread offers
-``--window`` rows at a time to one of those copies' drift monitor through the
-same ``ModelMonitor.offer`` the tap calls, so the drift worker keeps
+``monitoring.drift.executor``. Inside the server, before each of its rounds
+the drift worker is handed ``--window`` rows for one of those copies' drift
+monitor through the same ``ModelMonitor.offer`` the tap calls, so the drift worker keeps
 assembling and scoring full windows back to back, exactly as it would under
 heavy traffic, with that executor. (Feeding the rows in-process keeps the
 network and decoding cost of 100,000 rows out of the comparison: what is
@@ -27,7 +27,7 @@ single-row requests to ``digits`` for ``--seconds`` per run (with ``--rate``,
 open loop instead: that many requests/s in all on a fixed schedule, latency
 counted from each request's scheduled time, the regime of a server with CPU
 to spare). Each round runs
-feeder off, feeder on with the thread executor, and feeder on with the process
+feeding off, feeding on with the thread executor, and feeding on with the process
 executor (``--rounds`` times, the order of the three rotating), so a noisy
 shared machine affects all modes alike; the figures to quote are the ratios
 of p99 latencies to the round's "off" run, and their medians.
@@ -80,7 +80,7 @@ EXECUTORS = ("thread", "process")
 
 
 def serve(window: int, priority: Priority) -> None:
-    """The server process: digits, and a fed copy per executor; the feeder toggled on stdin."""
+    """The server process: digits, and a fed copy per executor; feeding toggled on stdin."""
     import asyncio
 
     from sidecar.app import AppParts, build_server
@@ -124,36 +124,36 @@ def serve(window: int, priority: Priority) -> None:
     rows = rng.standard_normal((window, FEATURES)).astype(np.float32)
     feeding: list[str] = []  # the executor being fed, if any
     busy = threading.Lock()  # held while the worker processes a fed monitor
+    working = threading.Event()  # set when the worker takes a fed window
 
-    def tracked(process: Callable[[], None]) -> Callable[[], None]:
+    def fed(name: str, process: Callable[[], None]) -> Callable[[], None]:
+        """The monitor's ``process``, given a full window first while it is being fed."""
+        monitor = monitors[name]
+
         def run() -> None:
             with busy:
+                if feeding and feeding[0] == name:
+                    if monitor.queued_rows < window:
+                        monitor.offer({"input": rows}, None, window)
+                    working.set()
                 process()
 
         return run
 
     for name in EXECUTORS:
-        monitors[name].process = tracked(monitors[name].process)  # type: ignore[method-assign]
+        monitors[name].process = fed(name, monitors[name].process)  # type: ignore[method-assign]
 
-    def feeder() -> None:
-        while True:
-            if feeding:
-                monitor = monitors[feeding[0]]
-                if monitor.queued_rows < window:
-                    monitor.offer({"input": rows}, None, window)
-            time.sleep(0.01)
-
-    threading.Thread(target=feeder, daemon=True).start()
     print(json.dumps({"grpc": server.port, "metrics": metrics.http.port}), flush=True)
     for line in sys.stdin:
         command = line.split()
-        if command[0] == "on":
+        if command[0] == "on":  # and wait until the worker has taken a window
+            working.clear()
             feeding[:] = [command[1]]
+            if not working.wait(120):
+                raise RuntimeError(f"the drift worker took no {command[1]} window in 120 s")
         elif command[0] == "off":  # and wait until the worker is idle
             feeding.clear()
-            while any(monitors[name].queued_rows for name in EXECUTORS):
-                time.sleep(0.05)
-            with busy:
+            with busy:  # the worker's current round (and its evaluation) is over
                 pass
         elif command[0] == "quit":
             break
@@ -336,13 +336,17 @@ def gil_probe(window: int, repeat: int = 3) -> None:
     busy = threading.Event()
     busy.set()
 
+    scoring = threading.Event()
+
     def evaluate() -> None:
+        scoring.set()
         while busy.is_set():
             detector.score(rows)
 
     worker = threading.Thread(target=evaluate)
     worker.start()
-    time.sleep(0.5)
+    if not scoring.wait(60):
+        raise RuntimeError("the evaluating thread did not start")
     beside = spin_rate(6.0)
     busy.clear()
     worker.join()
@@ -527,8 +531,11 @@ def main() -> None:
         measure(address, args.clients, 2.0)  # warm up
         for executor in EXECUTORS:  # start the evaluation process, fault the buffers in
             command(f"on {executor}")
+            deadline = time.monotonic() + 300
             while scrape_evaluations(ports["metrics"], executor)[0] < 1:
-                time.sleep(0.5)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no {executor} evaluation finished in 300 s")
+                time.sleep(0.5)  # polling interval of a bounded poll
             command("off")
         print(f"machine: {machine()}\n")
         print("Part 0: the tap on the request path\n")
@@ -555,8 +562,7 @@ def main() -> None:
             figures: dict[str, tuple[float, float, float, float, float, float]] = {}
             for mode in order:
                 if mode != "off":
-                    command(f"on {mode}")
-                    time.sleep(1.0)  # let the worker start on a full window first
+                    command(f"on {mode}")  # answers once the worker has a full window
                 model = mode if mode != "off" else EXECUTORS[0]
                 before = scrape_evaluations(ports["metrics"], model)
                 lat = np.array(measure(address, args.clients, args.seconds, args.rate))

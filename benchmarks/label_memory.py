@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -38,6 +39,8 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The longest the script waits for the server to catch up before giving up.
+WAIT_SECONDS = 600
 sys.path.insert(0, str(ROOT))
 
 from sidecar.examples import MODEL_REPOSITORY  # noqa: E402
@@ -142,12 +145,6 @@ def run(proc: subprocess.Popen[str], args: argparse.Namespace) -> int:
     request = pb.ModelInferRequest(model_name="digits")
     request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
     request.raw_input_contents.append(x.tobytes())
-    infer.ModelInfer(request, timeout=60)  # warm-up (its rows count too)
-    sent = args.rows
-    time.sleep(1.0)  # let the warm-up settle before the baseline reading
-    baseline = rss_mb(proc.pid)
-    series_0 = len(scrape(ports["metrics"]))
-    print(f"baseline: RSS {baseline:.1f} MB, {series_0} series")
 
     def accounted() -> float:
         """Rows the label worker has taken from its queue: recorded, or dropped (any reason)."""
@@ -160,16 +157,30 @@ def run(proc: subprocess.Popen[str], args: argparse.Namespace) -> int:
         )
         return recorded + dropped
 
+    def wait_until(what: str, done: Callable[[], bool], every: float) -> None:
+        """Poll ``done`` every ``every`` s; RuntimeError after WAIT_SECONDS."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not done():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gave up after {WAIT_SECONDS} s waiting for {what}")
+            time.sleep(every)  # polling interval of a bounded poll
+
+    infer.ModelInfer(request, timeout=60)  # warm-up (its rows count too)
+    sent = args.rows
+    # The baseline is read once the label worker has taken the warm-up's rows.
+    wait_until("the warm-up's rows to be recorded", lambda: accounted() >= sent, 0.05)
+    baseline = rss_mb(proc.pid)
+    series_0 = len(scrape(ports["metrics"]))
+    print(f"baseline: RSS {baseline:.1f} MB, {series_0} series")
+
     started = time.monotonic()
     while sent < args.predictions:
         infer.ModelInfer(request, timeout=60)
         sent += args.rows
         if sent % (args.rows * 5) == 0:
             # Pace to the worker: wait while more than 5 requests' rows are queued.
-            while sent - accounted() > 5 * args.rows:
-                time.sleep(0.05)  # polling interval
-    while accounted() < sent:
-        time.sleep(0.2)  # polling interval
+            wait_until("the label worker", lambda n=sent: n - accounted() <= 5 * args.rows, 0.05)
+    wait_until("every prediction to be recorded", lambda: accounted() >= sent, 0.2)
     metrics = scrape(ports["metrics"])
     elapsed = time.monotonic() - started
     after_predictions = rss_mb(proc.pid)

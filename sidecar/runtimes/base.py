@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -183,7 +184,7 @@ class InlinePolicy:
             self._candidate_elements = size - 1
 
 
-class ExecutorRuntime:
+class ExecutorRuntime(ABC):
     """Base for runtimes whose work is synchronous: runs it in an executor thread.
 
     Calls too small to be worth a thread hand-off run inline instead; see
@@ -204,9 +205,9 @@ class ExecutorRuntime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
 
+    @abstractmethod
     def _run(self, inputs: Tensors) -> Tensors:
         """Run one batch synchronously (what ``predict`` runs inline or in a thread)."""
-        raise NotImplementedError
 
     async def predict(self, inputs: Tensors) -> Tensors:
         """Run one batch: inline when calls this size are known to be fast, else in a thread."""

@@ -121,8 +121,7 @@ class Recording(ExecutorRuntime):
                 pass
         return {"y": inputs["x"] * 2}
 
-    async def predict(self, inputs: Tensors) -> Tensors:
-        return await self._run_batch(self._work, inputs)
+    _run = _work  # the synchronous call ExecutorRuntime runs inline or in a thread
 
 
 def run_calls(runtime: Recording, calls: int) -> tuple[int, list[np.ndarray]]:
@@ -204,7 +203,6 @@ def test_predict_inline_answers_only_once_calls_of_that_size_are_known_fast() ->
     x = {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}
     with ThreadPoolExecutor(1) as executor:
         runtime = Recording(executor, delay=0.0, inline_max=0.05)
-        runtime._run = runtime._work  # type: ignore[method-assign]
         assert runtime.predict_inline(x) is None  # unknown size: belongs in a thread
         assert runtime.threads == []  # ... and nothing ran
         run_calls(runtime, 1)  # the first call, in the thread, proves it fast
@@ -224,7 +222,6 @@ def test_batcher_predict_inline_only_when_idle_and_without_delay() -> None:
     x = {"x": np.ones((1, 4), dtype=np.float32)}
     with ThreadPoolExecutor(1) as executor:
         runtime = Recording(executor, delay=0.0, inline_max=0.05)
-        runtime._run = runtime._work  # type: ignore[method-assign]
         runtime.signature = ModelSignature(  # type: ignore[misc]
             inputs=(TensorSpec("x", "FP32", (-1, 4)),),
             outputs=(TensorSpec("y", "FP32", (-1, 4)),),

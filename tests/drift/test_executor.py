@@ -141,7 +141,6 @@ def test_a_dead_evaluation_process_costs_one_counted_window(
     assert evaluator.pid not in (None, killed[0])
 
 
-@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux POSIX shared memory")
 def test_a_window_too_big_for_shared_memory_is_refused_up_front() -> None:
     """Not SIGBUS at the first write: the block's pages are reserved when it is made.
 
