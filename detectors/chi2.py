@@ -26,6 +26,7 @@ A table left with fewer than two bins has no test: the result carries a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ __all__ = [
     "bin_counts_sorted",
     "binned_chi2_rows",
     "chi2_homogeneity",
+    "merge_adjacent",
     "merge_sparse_bins",
     "merge_sparse_categories",
     "quantile_bin_edges",
@@ -136,6 +138,33 @@ def merge_sparse_categories(
     return tuple(merged)
 
 
+def merge_adjacent(sizes: Sequence[float], keep_merging: Callable[[list[float]], bool]) -> IntArray:
+    """Merge the smallest ordered bin into its smaller neighbour while ``keep_merging(sizes)``.
+
+    Returns, for every input bin, the index of the merged bin it ends in
+    (non-decreasing, starting at 0). Ties go to the first smallest bin and,
+    between neighbours of equal size, to the left one.
+    """
+    current = [float(x) for x in sizes]
+    members: list[list[int]] = [[k] for k in range(len(current))]
+    while len(current) >= 2 and keep_merging(current):
+        k = min(range(len(current)), key=current.__getitem__)
+        if k == 0:
+            nb = 1
+        elif k == len(current) - 1:
+            nb = k - 1
+        else:
+            nb = k - 1 if current[k - 1] <= current[k + 1] else k + 1
+        lo, hi = min(k, nb), max(k, nb)
+        current[lo] += current[hi]
+        members[lo].extend(members[hi])
+        del current[hi], members[hi]
+    mapping = np.empty(len(sizes), dtype=np.int64)
+    for new_index, group in enumerate(members):
+        mapping[group] = new_index
+    return mapping
+
+
 def merge_sparse_bins(
     reference_counts: IntArray, n_window: int, min_expected: float = MIN_EXPECTED
 ) -> IntArray:
@@ -150,24 +179,7 @@ def merge_sparse_bins(
     if n_ref <= 0:
         return np.zeros(ref.shape[0], dtype=np.int64)
     scale = min(n_ref, float(n_window)) / n_ref
-    sizes = list(ref)
-    members: list[list[int]] = [[k] for k in range(ref.shape[0])]
-    while len(sizes) >= 2 and min(sizes) * scale < min_expected:
-        k = int(np.argmin(sizes))
-        if k == 0:
-            nb = 1
-        elif k == len(sizes) - 1:
-            nb = k - 1
-        else:
-            nb = k - 1 if sizes[k - 1] <= sizes[k + 1] else k + 1
-        lo, hi = min(k, nb), max(k, nb)
-        sizes[lo] += sizes[hi]
-        members[lo].extend(members[hi])
-        del sizes[hi], members[hi]
-    mapping = np.empty(ref.shape[0], dtype=np.int64)
-    for new_index, group in enumerate(members):
-        mapping[group] = new_index
-    return mapping
+    return merge_adjacent(list(ref), lambda sizes: min(sizes) * scale < min_expected)
 
 
 def quantile_bin_edges(sorted_values: FloatArray, max_bins: int) -> FloatArray:

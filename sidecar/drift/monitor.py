@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.chi2 import MIN_EXPECTED, merge_sparse_bins
+from detectors.chi2 import MIN_EXPECTED, merge_adjacent, merge_sparse_bins
 from detectors.drift import DEFAULT_CONTINUOUS_TESTS, DEFAULT_DISCRETE_TESTS, DriftConfig
 from detectors.reference import Reference
 from exporters.drift import BinLayout, ModelDrift
@@ -159,22 +159,7 @@ class FleetBins:
 def _coarsen(mapping: np.ndarray, counts: np.ndarray, max_bins: int) -> np.ndarray:
     """Merge adjacent bins of ``mapping`` (smallest with its smaller neighbour) to max_bins."""
     sizes = list(np.bincount(mapping, weights=counts))
-    groups = [[k] for k in range(len(sizes))]
-    while len(sizes) > max_bins:
-        k = int(np.argmin(sizes))
-        if k == 0:
-            nb = 1
-        elif k == len(sizes) - 1:
-            nb = k - 1
-        else:
-            nb = k - 1 if sizes[k - 1] <= sizes[k + 1] else k + 1
-        lo, hi = min(k, nb), max(k, nb)
-        sizes[lo] += sizes[hi]
-        groups[lo].extend(groups[hi])
-        del sizes[hi], groups[hi]
-    relabel = np.empty(sum(len(g) for g in groups), dtype=np.int64)
-    for index, group in enumerate(groups):
-        relabel[group] = index
+    relabel = merge_adjacent(sizes, lambda current: len(current) > max_bins)
     result: np.ndarray = relabel[mapping]
     return result
 
