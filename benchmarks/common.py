@@ -333,6 +333,33 @@ def rotate(items: Sequence[Any], by: int) -> list[Any]:
     return [*items[by:], *items[:by]]
 
 
+def run_rounds(
+    servers: Sequence[Server],
+    levels: Sequence[int],
+    repeats: int,
+    duration: float,
+    warmup: float,
+    batch_size: int = 1,
+) -> list[Cell]:
+    """Every server at every concurrency level, ``repeats`` times, the order rotating
+    each repeat so that a noisy machine's drift touches every server alike."""
+    cells: list[Cell] = []
+    width = max((len(s.name) for s in servers), default=8)
+    for repeat in range(repeats):
+        for concurrency in levels:
+            for server in rotate(servers, repeat):
+                cell = measure(server, concurrency, duration, warmup, batch_size, repeat)
+                cells.append(cell)
+                print(
+                    f"  repeat {repeat} c={concurrency} {server.name:{width}} "
+                    f"{cell.requests_per_second:8.1f} req/s  p99 {cell.p99_ms:6.2f} ms  "
+                    f"server {cell.server_cpu_us_per_request:6.0f} µs/req  "
+                    f"errors {cell.errors}",
+                    flush=True,
+                )
+    return cells
+
+
 def save(path: Path | None, payload: dict[str, Any]) -> None:
     """Write results as JSON (when a path was given)."""
     if path is None:

@@ -39,9 +39,8 @@ from benchmarks.common import (
     free_port,
     group,
     machine,
-    measure,
     median_of,
-    rotate,
+    run_rounds,
     save,
     server_process,
     sidecar_command,
@@ -143,20 +142,9 @@ def main() -> None:
                     )
                 )
             )
-        for repeat in range(args.repeats):
-            for concurrency in levels:
-                for server in rotate(servers, repeat):
-                    cell = measure(
-                        server, concurrency, args.duration, args.warmup, args.batch_size, repeat
-                    )
-                    cells.append(cell)
-                    print(
-                        f"  repeat {repeat} c={concurrency} {server.name:16} "
-                        f"{cell.requests_per_second:8.1f} req/s  p99 {cell.p99_ms:6.2f} ms  "
-                        f"server {cell.server_cpu_us_per_request:6.0f} µs/req  "
-                        f"errors {cell.errors}",
-                        flush=True,
-                    )
+        cells += run_rounds(
+            servers, levels, args.repeats, args.duration, args.warmup, args.batch_size
+        )
     print()
     print(
         f"machine: {info['cpu']}, {info['cpus']} CPUs, load {info['load_average_at_start']}, "

@@ -38,9 +38,8 @@ from benchmarks.common import (
     free_port,
     group,
     machine,
-    measure,
     median_of,
-    rotate,
+    run_rounds,
     save,
     server_process,
     sidecar_command,
@@ -98,19 +97,9 @@ def main() -> None:
         for name in wanted:
             port = free_port()
             servers.append(stack.enter_context(server_process(name, commands[name](port), port)))
-        for repeat in range(args.repeats):
-            for concurrency in levels:
-                for server in rotate(servers, repeat):
-                    cell = measure(
-                        server, concurrency, args.duration, args.warmup, args.batch_size, repeat
-                    )
-                    cells.append(cell)
-                    print(
-                        f"  repeat {repeat} c={concurrency} {server.name:8} "
-                        f"{cell.requests_per_second:8.1f} req/s  p99 {cell.p99_ms:6.2f} ms  "
-                        f"server {cell.server_cpu_us_per_request:6.0f} µs/req",
-                        flush=True,
-                    )
+        cells += run_rounds(
+            servers, levels, args.repeats, args.duration, args.warmup, args.batch_size
+        )
     ort_rows, ort_us = onnxruntime_rows_per_second(args.batch_size)
     print()
     print(
