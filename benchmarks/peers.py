@@ -18,6 +18,11 @@ parallel_workers 1 (its default: one worker process), both with debug off;
 ``shipped`` = its shipped defaults (debug on, one worker); ``pw0-asyncio``
 = pw0 with uvloop hidden (asyncio's own loop); ``pw0-nometrics`` = pw0 with
 its metrics endpoint (and per-request Prometheus observations) off.
+
+``--ceiling`` adds the bare grpc.aio echo server of benchmarks/echo_server.py
+(no decoding, no model, no monitoring) to the same rounds: its ratio to an
+MLServer variant is the most any Python grpc.aio server could reach against
+that variant on this machine, with this client sharing its cores.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from benchmarks.common import (
     Cell,
     cells_json,
     copy_model,
+    echo_command,
     free_port,
     group,
     machine,
@@ -111,6 +117,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--ceiling", action="store_true", help="also run the bare grpc.aio echo server ('echo')"
+    )
     parser.add_argument("--logs", type=Path, help="folder for the servers' logs")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -118,7 +127,7 @@ def main() -> None:
     variants = args.variants.split(",")
     info = machine()
     cells: list[Cell] = []
-    names = ["sidecar", *(f"mlserver-{v}" for v in variants)]
+    names = ["sidecar", *(["echo"] if args.ceiling else []), *(f"mlserver-{v}" for v in variants)]
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         copy_model("digits", tmp / "sidecar", "digits")
@@ -130,6 +139,14 @@ def main() -> None:
                 server_process("sidecar", sidecar_command(tmp / "sidecar", port), port, log=log)
             )
         )
+        if args.ceiling:
+            port = free_port()
+            log = args.logs / "echo.log" if args.logs else None
+            servers.append(
+                stack.enter_context(
+                    server_process("echo", echo_command(port, run_model=False), port, log=log)
+                )
+            )
         for variant in variants:
             folder, port = mlserver_repository(tmp / f"ml-{variant}", VARIANTS[variant])
             log = args.logs / f"mlserver-{variant}.log" if args.logs else None
@@ -191,12 +208,39 @@ def main() -> None:
                 f"{row['p99_ms']:.2f} | {row['server_cpu_us_per_request']:.0f} | "
                 f"{row['errors']} |"
             )
+    ceilings = []
+    if args.ceiling:
+        print()
+        print("The ceiling: the bare echo server ÷ each MLServer variant (per-repeat range).")
+        for concurrency in levels:
+            echo = by[("echo", concurrency)]
+            for variant in variants:
+                theirs = by[(f"mlserver-{variant}", concurrency)]
+                ratios = [
+                    a.requests_per_second / b.requests_per_second
+                    for a, b in zip(echo, theirs, strict=True)
+                    if b.requests_per_second > 0
+                ]
+                ceiling = median_of(echo, "requests_per_second") / median_of(
+                    theirs, "requests_per_second"
+                )
+                ceilings.append(
+                    {
+                        "concurrency": concurrency,
+                        "variant": variant,
+                        "echo_ratio": ceiling,
+                        "echo_ratio_per_repeat": ratios,
+                    }
+                )
+                spread = f" ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else ""
+                print(f"- concurrency {concurrency}, {variant}: echo × {ceiling:.2f}{spread}")
     save(
         args.out,
         {
             "machine": info,
             "args": {k: str(v) for k, v in vars(args).items()},
             "summary": summary,
+            "ceiling": ceilings,
             "cells": cells_json(cells),
         },
     )
