@@ -36,7 +36,7 @@ CLASS_OUTCOMES: Final = ("tp", "fp", "fn")
 #: Store operations whose failures are counted.
 STORE_OPERATIONS: Final = ("open", "write", "read", "sweep")
 #: Why a FeedbackService call was refused before any of its labels was looked at.
-REFUSE_REASONS: Final = ("too_many_labels",)
+REFUSE_REASONS: Final = ("too_many_labels", "request_too_large")
 #: The ``store`` label of ``sidecar_pending_predictions`` for a store only this
 #: process holds (memory, SQLite): its counts add up across replicas. A shared
 #: store (Redis) is named instead, and every replica reports the same count for it.
@@ -155,7 +155,8 @@ class LabelMetrics:
         self.refused = Counter(
             "sidecar_label_requests_refused",
             "FeedbackService calls refused before any of their labels was looked at, by reason "
-            "(too_many_labels: more than labels.max_batch_labels in one SendLabels call).",
+            "(too_many_labels: more than labels.max_batch_labels in one SendLabels call; "
+            "request_too_large: a message larger than grpc.max_message_bytes).",
             ["reason"],
             registry=registry,
         )

@@ -10,6 +10,7 @@ input, what arrived and what the model expects.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -49,6 +50,44 @@ _FIELD_DTYPE: dict[str, np.dtype] = {
     "fp32_contents": np.dtype("<f4"),
     "fp64_contents": np.dtype("<f8"),
 }
+
+
+#: Longest model name, version or id that ``peek_request`` reads (bytes).
+PEEK_MAX = 1024
+#: Tags of ModelInferRequest fields 1-3 (model_name, model_version, id; length-delimited).
+_PEEK_TAGS = (0x0A, 0x12, 0x1A)
+
+
+def peek_request(raw: bytes) -> tuple[str, str, str]:
+    """``(model_name, model_version, id)`` from the first bytes of a ModelInferRequest.
+
+    For a request refused before it is parsed (larger than grpc.max_message_bytes):
+    protobuf encoders write fields in field-number order, so these three strings lead
+    the message when they are set. O(1): reads at most three short fields. One that is
+    absent, out of order, longer than ``PEEK_MAX`` bytes or not UTF-8 reads as "".
+    The strings are client input: use them to look up a served model, or quote them.
+    """
+    found = ["", "", ""]
+    pos, end = 0, len(raw)
+    for index, tag in enumerate(_PEEK_TAGS):
+        if pos >= end or raw[pos] != tag:
+            continue
+        # The length: a varint, at most two bytes for anything up to PEEK_MAX.
+        if pos + 1 >= end:
+            break
+        length = raw[pos + 1]
+        start = pos + 2
+        if length & 0x80:
+            if start >= end or raw[start] & 0x80:
+                break
+            length = (length & 0x7F) | (raw[start] << 7)
+            start += 1
+        if length > PEEK_MAX or start + length > end:
+            break
+        with contextlib.suppress(UnicodeDecodeError):  # not UTF-8: reads as ""
+            found[index] = raw[start : start + length].decode()
+        pos = start + length
+    return found[0], found[1], found[2]
 
 
 class RequestCodec:

@@ -39,6 +39,10 @@ DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+#: gRPC's message size options are C ints: 2 GiB - 1 at most.
+MAX_GRPC_MESSAGE_BYTES = 2**31 - 1
+
+
 class _Section(BaseModel):
     """Base of every config section: unknown keys are errors, instances immutable."""
 
@@ -86,7 +90,19 @@ class GrpcConfig(_Section):
     )
     port: int = Field(8001, ge=0, le=65535, description="0 picks a free port")
     max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="larger messages fail with RESOURCE_EXHAUSTED"
+        64 * 1024 * 1024,
+        ge=1024,
+        le=MAX_GRPC_MESSAGE_BYTES,
+        description="larger requests and responses fail with RESOURCE_EXHAUSTED "
+        "(reason request_too_large / response_too_large)",
+    )
+    transport_max_message_bytes: int | None = Field(
+        None,
+        ge=1024,
+        le=MAX_GRPC_MESSAGE_BYTES,
+        description="gRPC core's receive limit, at least max_message_bytes: core refuses a "
+        "larger request before buffering it, and that refusal is not counted; between the two "
+        "the server buffers the message to refuse and count it. None: twice max_message_bytes",
     )
     tls: TlsConfig = TlsConfig()
     health_port: int | None = Field(
@@ -96,6 +112,23 @@ class GrpcConfig(_Section):
         description="extra plaintext port serving only grpc.health.v1, for kubelet gRPC probes "
         "(they cannot speak TLS); None: health on the main port only",
     )
+
+    @model_validator(mode="after")
+    def _transport_holds_the_limit(self) -> GrpcConfig:
+        ceiling = self.transport_max_message_bytes
+        if ceiling is not None and ceiling < self.max_message_bytes:
+            raise ValueError(
+                f"transport_max_message_bytes ({ceiling}) must be at least max_message_bytes "
+                f"({self.max_message_bytes}): gRPC core would refuse allowed messages"
+            )
+        return self
+
+    @property
+    def transport_limit(self) -> int:
+        """``transport_max_message_bytes``, or by default twice ``max_message_bytes``."""
+        if self.transport_max_message_bytes is not None:
+            return self.transport_max_message_bytes
+        return min(2 * self.max_message_bytes, MAX_GRPC_MESSAGE_BYTES)
 
 
 class MetricsConfig(_Section):

@@ -112,6 +112,28 @@ class DataPlane:
             # Waiting out the quiet period (re-checked: a request may have come meanwhile).
             await asyncio.sleep(min(DRAIN_QUIET_SECONDS - quiet, deadline - loop.time()))
 
+    def refuse(
+        self,
+        error: RequestError,
+        model_name: str = "",
+        model_version: str = "",
+        request_id: str = "",
+    ) -> None:
+        """Tell the listeners of a request refused before it was parsed (too large).
+
+        The record names the model only when ``model_name`` and ``model_version``
+        (read from the unparsed bytes, ``codec.peek_request``) resolve to a model that
+        serves; otherwise it is counted like a request naming no served model.
+        """
+        self._last_arrival = time.perf_counter()
+        model: ServedModel | None = None
+        if model_name:
+            try:
+                model = self._models.resolve(model_name, model_version)
+            except SidecarError:
+                model = None
+        self._emit(RequestRecord(model, request_id, error.code, 0, 0.0, reason=error.reason))
+
     def new_request_id(self) -> str:
         """A request id unique across replicas: random process prefix + counter."""
         return f"{self._prefix}-{next(self._ids)}"

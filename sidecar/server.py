@@ -20,12 +20,11 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from sidecar.config import ServerConfig
 from sidecar.dataplane import DataPlane
-from sidecar.guard import CallGuard
+from sidecar.guard import CallGuard, add_service
 from sidecar.proto import grpc_service_pb2
-from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 from sidecar.proto.pool import POOL
 from sidecar.security import Authorizer, ReloadingCertificates
-from sidecar.servicer import InferenceServicer
+from sidecar.servicer import RAW_METHODS, InferenceServicer
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +100,12 @@ class SidecarServer:
             await service.start()
         limit = self._config.grpc.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[CallGuard(self.auth)],
+            interceptors=[CallGuard(self.auth, limit)],
             options=[
-                ("grpc.max_receive_message_length", limit),
+                # Higher than the limit, so that messages a little over it reach our
+                # code, to be refused there with the limit's name and counted; core
+                # refuses larger ones from their length prefix, before buffering them.
+                ("grpc.max_receive_message_length", self._config.grpc.transport_limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
@@ -112,11 +114,12 @@ class SidecarServer:
             self._plane,
             self._config.startup.strict_readiness,
             self._config.limits.max_stream_inflight,
+            limit,
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        inference = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
-            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            add_service(server, inference, servicer, raw=RAW_METHODS),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

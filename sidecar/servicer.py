@@ -4,6 +4,12 @@ Domain errors become gRPC status codes in exactly one place: ``_rpc`` for unary
 calls; streamed inference reports per-message errors in
 ``ModelStreamInferResponse.error_message``, as Triton does, and keeps the
 stream open.
+
+ModelInfer and ModelStreamInfer receive their request messages as bytes
+(``guard.add_service``'s ``raw``) and parse them here after checking their size
+against ``grpc.max_message_bytes``: a larger message is refused
+(RESOURCE_EXHAUSTED, reason ``request_too_large``) and counted like every
+other refusal, on a stream as an error answer to that message only.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from typing import Any, TypeVar
 import grpc
 
 from sidecar import __version__
+from sidecar.codec import peek_request
 from sidecar.dataplane import DataPlane
 from sidecar.errors import MAX_QUOTE, RequestError, SidecarError
+from sidecar.guard import MessageTooLargeError, message_reader
 from sidecar.proto import grpc_service_pb2 as pb
 from sidecar.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -27,6 +35,10 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "inference-sidecar"
 #: Default for messages of one ModelStreamInfer call not yet answered (limits.max_stream_inflight).
 MAX_STREAM_INFLIGHT = 64
+#: The methods whose request messages this servicer reads from bytes itself.
+RAW_METHODS = ("ModelInfer", "ModelStreamInfer")
+_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -54,17 +66,35 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """``inference.GRPCInferenceService`` (KServe v2 / Triton)."""
+    """``inference.GRPCInferenceService`` (KServe v2 / Triton).
+
+    Register it with ``guard.add_service(..., raw=RAW_METHODS)``: ModelInfer and
+    ModelStreamInfer take request bytes. ``max_message_bytes`` is
+    ``grpc.max_message_bytes`` (0: no limit).
+    """
 
     def __init__(
         self,
         plane: DataPlane,
         strict_readiness: bool = True,
         max_stream_inflight: int = MAX_STREAM_INFLIGHT,
+        max_message_bytes: int = 0,
     ) -> None:
         self._plane = plane
         self._strict = strict_readiness
         self._stream_slots = max_stream_inflight
+        limit = max_message_bytes or 2**63
+        self._read = message_reader(pb.ModelInferRequest, _INFER, limit)
+        self._read_streamed = message_reader(pb.ModelInferRequest, _STREAM_INFER, limit)
+
+    def _refused(self, error: MessageTooLargeError, raw: bytes) -> pb.ModelInferResponse:
+        """Count a request too large to parse; the answer's names and id, read from its bytes."""
+        name, version, request_id = peek_request(raw)
+        self._plane.refuse(error, name, version, request_id)
+        log.debug("refused: %s", error.message)
+        return pb.ModelInferResponse(
+            model_name=name[:MAX_QUOTE], model_version=version[:MAX_QUOTE], id=request_id
+        )
 
     @_rpc
     async def ServerLive(
@@ -123,22 +153,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, request: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         """One inference (dropped unanswered by the model if the client's deadline passed)."""
-        return await self._plane.infer(request, context.time_remaining())
+        try:
+            message = self._read(request)
+        except MessageTooLargeError as exc:
+            self._refused(exc, request)
+            raise
+        return await self._plane.infer(message, context.time_remaining())
 
     async def ModelStreamInfer(
         self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Pipelined inference: requests run concurrently, responses return as they finish.
 
         At most ``max_stream_inflight`` messages are being processed or waiting to be
         sent; beyond that the server stops reading the stream, and HTTP/2 flow control
-        holds the client back. A message that is not a valid request ends the stream
-        with INVALID_ARGUMENT after the answers to the earlier ones.
+        holds the client back. A message larger than ``grpc.max_message_bytes`` is
+        answered with an error of its own (the stream goes on); a message that is not
+        a valid request ends the stream with INVALID_ARGUMENT after the answers to the
+        earlier ones.
         """
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self._stream_slots)
@@ -165,8 +202,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def reader() -> None:
             try:
-                async for request in request_iterator:
-                    await slots.acquire()
+                async for raw in request_iterator:
+                    await slots.acquire()  # an error answer holds its slot until sent, too
+                    try:
+                        request = self._read_streamed(raw)
+                    except MessageTooLargeError as exc:
+                        failed = self._refused(exc, raw)
+                        results.put_nowait(
+                            pb.ModelStreamInferResponse(
+                                error_message=exc.message, infer_response=failed
+                            )
+                        )
+                        continue
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)

@@ -295,8 +295,9 @@ def overview() -> dash.Dashboard:
     board = board.with_panel(
         _series(
             "Refused/s",
-            "Requests refused, by reason: limits, full queue, stalled model, client deadline "
-            "passed, shutdown (before the model ran), and answers over grpc.max_message_bytes "
+            "Requests refused, by reason: limits (request_too_large: messages over "
+            "grpc.max_message_bytes), full queue, stalled model, client deadline passed, "
+            "shutdown (before the model ran), and answers over grpc.max_message_bytes "
             "(response_too_large, after it ran).",
             "reqps",
             [

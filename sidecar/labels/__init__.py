@@ -58,7 +58,9 @@ class Labels:
             self.worker, self.joiner, self.metrics, settings.ttl_seconds, clock=clock
         )
         self._registrar = FeedbackRegistrar(
-            FeedbackServicer(self.worker, settings.max_batch_labels, self.metrics)
+            FeedbackServicer(
+                self.worker, settings.max_batch_labels, self.metrics, config.grpc.max_message_bytes
+            )
         )
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:

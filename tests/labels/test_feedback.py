@@ -125,6 +125,34 @@ def test_oversized_unary_batch_is_resource_exhausted(
     )
 
 
+def test_label_messages_over_the_message_limit_are_refused_and_counted(
+    labels_repo: Path,
+) -> None:
+    config = server_config(labels_repo, labels=FAST, grpc={"max_message_bytes": 4096})
+    parts = label_parts(config)
+    assert parts.metrics is not None
+    refused = "sidecar_label_requests_refused_total"
+    big = fb.SendLabelsRequest(labels=[class_label(f"r{i:04}", "chosen", 0) for i in range(300)])
+    assert 4096 < big.ByteSize() < 8192  # under gRPC core's own limit (twice the server's)
+    with (
+        running_server(config, parts, fakes=[("chosen", ChosenClassRuntime(3), CHOSEN)]) as srv,
+        Client(srv.address) as client,
+    ):
+        before = scrape(parts.metrics.http.port).value(refused, reason="request_too_large")
+        assert before == 0  # the series exists from the start
+        with pytest.raises(grpc.RpcError) as unary:
+            client.feedback.SendLabels(big, timeout=30)
+        small = fb.SendLabelsRequest(labels=[class_label("nobody", "chosen", 0)])
+        with pytest.raises(grpc.RpcError) as streamed:
+            client.feedback.StreamLabels(iter([small, big]), timeout=30)
+        for err in (unary, streamed):
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "grpc.max_message_bytes=4096" in (err.value.details() or "")
+        after = scrape(parts.metrics.http.port).value(refused, reason="request_too_large")
+        assert after == 2
+        assert client.outcomes([class_label("nobody", "chosen", 0)]) == ["unknown_id"]
+
+
 def test_bad_input_is_answered_per_label_without_new_metric_values(
     served: tuple[ServerThread, AppParts], client: Client
 ) -> None:

@@ -47,6 +47,11 @@ def test_yaml_and_environment_overrides(tmp_path: Path) -> None:
         ("grpc: [1, 2\n", ["invalid YAML at line"]),
         ("- just\n- a list\n", ["expected a mapping"]),
         ("metrics:\n  latency_buckets: [1, 0.5]\n", ["strictly increasing"]),
+        (
+            "grpc:\n  max_message_bytes: 8192\n  transport_max_message_bytes: 4096\n",
+            ["grpc", "transport_max_message_bytes (4096) must be at least max_message_bytes"],
+        ),
+        ("grpc:\n  max_message_bytes: 3000000000\n", ["grpc.max_message_bytes", "2147483647"]),
     ],
 )
 def test_malformed_server_config(tmp_path: Path, text: str, parts: list[str]) -> None:
