@@ -81,15 +81,26 @@ class MemoryStore:
     def put(self, rows: Sequence[StoredPrediction], now: float) -> PutResult:
         """Store each row; evict to stay within max_entries."""
         evicted: Counter[str] = Counter()
+        done, every = self._done, self._pending
+        pending: OrderedDict[_Key, StoredPrediction] | None = None
+        model = None
         for row in rows:
             key = (row.request_id, row.row)
-            self._discard(key)
-            pending = self._pending.get(row.model)
-            if pending is None:
-                pending = self._pending[row.model] = OrderedDict()
+            if done and done.pop(key, None) is not None:  # _discard, inlined: the hot loop
+                pass
+            else:
+                for held in every.values():
+                    if held.pop(key, None) is not None:
+                        self._pending_total -= 1
+                        break
+            if row.model != model or pending is None:
+                model = row.model
+                pending = every.get(model)
+                if pending is None:
+                    pending = every[model] = OrderedDict()
             pending[key] = row
             self._pending_total += 1
-            while len(self) > self._max:
+            while self._pending_total + len(done) > self._max:
                 self._evict_one(evicted)
         return PutResult(dict(evicted))
 

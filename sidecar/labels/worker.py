@@ -2,10 +2,14 @@
 
 The request path only appends to a bounded in-memory queue (``submit``: a
 lock, a length check, an append). Every ``flush_interval_ms`` the worker turns
-the queued requests into one row per prediction (argmax for classifiers) and
-writes them in one store call. Label batches (``join``) wake the worker at
-once; it first flushes what is queued, so a label never misses a prediction
-that was answered before it was sent, then runs the join. Every
+the queued requests into one row per prediction (argmax for classifiers, one
+numpy call for all the queued requests of a model that fit together) and
+writes them in one store call. When a flush found nothing queued, the worker
+sleeps until the next sweep or the next prediction, which is then written
+``flush_interval_ms`` after it came: an idle server does not wake it ten
+times a second. Label batches (``join``) wake the worker at once; it first
+flushes what is queued, so a label never misses a prediction that was
+answered before it was sent, then runs the join. Every
 ``sweep_interval_seconds`` it expires predictions and refreshes the pending
 gauge.
 
@@ -86,6 +90,7 @@ class StoreWorker:
         self._queued_rows = 0
         self._takes: list[_Take] = []
         self._wake = threading.Event()
+        self._idle = False  # asleep with nothing queued: the next prediction wakes it
         self._stopping = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -114,8 +119,13 @@ class StoreWorker:
             if self._queued_rows + rows <= self._max_rows and not self._closed:
                 self._queue.append(_Queued(request_id, spec, version, output, rows, t))
                 self._queued_rows += rows
-                return
-        self._metrics.dropped_rows(spec.name, "queue_full", rows)
+                idle, self._idle = self._idle, False
+            else:
+                idle = None
+        if idle is None:
+            self._metrics.dropped_rows(spec.name, "queue_full", rows)
+        elif idle:
+            self._wake.set()
 
     def submit_shadow(
         self,
@@ -134,8 +144,13 @@ class StoreWorker:
                     _Queued(request_id, spec, version, output, rows, t, shadow_version)
                 )
                 self._queued_rows += rows
-                return
-        self._metrics.dropped_rows(spec.name, "queue_full", rows)
+                idle, self._idle = self._idle, False
+            else:
+                idle = None
+        if idle is None:
+            self._metrics.dropped_rows(spec.name, "queue_full", rows)
+        elif idle:
+            self._wake.set()
 
     async def join(self, labels: Sequence[Label]) -> list[LabelOutcome]:
         """Join a batch of labels on the worker thread; StoreUnavailableError if it cannot."""
@@ -174,11 +189,16 @@ class StoreWorker:
 
     def _run(self) -> None:
         monotonic = time.monotonic
-        next_flush = monotonic() + self._flush_interval
+        next_flush: float | None = None  # None: nothing queued, no flush due
         next_sweep = monotonic() + self._sweep_interval
         try:
             while True:
-                wait = min(next_flush, next_sweep) - monotonic()
+                with self._lock:
+                    if next_flush is None and self._queue:  # came since the last flush
+                        next_flush = monotonic() + self._flush_interval
+                    self._idle = next_flush is None and not self._takes and not self._stopping
+                deadline = next_sweep if next_flush is None else min(next_flush, next_sweep)
+                wait = deadline - monotonic()
                 if wait > 0:
                     self._wake.wait(wait)
                 self._wake.clear()
@@ -187,10 +207,11 @@ class StoreWorker:
                     stopping = self._stopping
                     if stopping:
                         self._closed = True
+                    self._idle = False
                 now = monotonic()
-                if takes or stopping or now >= next_flush:
+                if takes or stopping or (next_flush is not None and now >= next_flush):
                     self._guarded(self.flush)
-                    next_flush = now + self._flush_interval
+                    next_flush = None
                 for labels, future in takes:
                     self._answer(labels, future)
                 if stopping:
@@ -222,24 +243,29 @@ class StoreWorker:
         rows: list[StoredPrediction] = []
         shadows: list[ShadowRow] = []
         recorded: Counter[tuple[str, str]] = Counter()
-        for item in queue:
-            values = self._values(item)
+        add = rows.append
+        for item, values in zip(queue, self._all_values(queue), strict=True):
+            spec = item.spec
             if item.shadow_version:
                 shadows.extend(
-                    ShadowRow(
-                        item.request_id, row, item.spec.name, item.version, item.shadow_version, v
-                    )
+                    ShadowRow(item.request_id, row, spec.name, item.version, item.shadow_version, v)
                     for row, v in enumerate(values)
                 )
                 continue
-            expires = item.time + item.spec.ttl_seconds
-            rows.extend(
-                StoredPrediction(
-                    item.request_id, row, item.spec.name, item.version, v, item.time, expires
+            t = item.time
+            expires = t + spec.ttl_seconds
+            if len(values) == 1:  # the common case: one row per request
+                add(
+                    StoredPrediction(
+                        item.request_id, 0, spec.name, item.version, values[0], t, expires
+                    )
                 )
-                for row, v in enumerate(values)
-            )
-            recorded[(item.spec.name, item.version)] += len(values)
+            else:
+                rows.extend(
+                    StoredPrediction(item.request_id, row, spec.name, item.version, v, t, expires)
+                    for row, v in enumerate(values)
+                )
+            recorded[(spec.name, item.version)] += len(values)
         started = time.perf_counter()
         if rows:
             self._put(rows, recorded)
@@ -278,6 +304,47 @@ class StoreWorker:
             self._metrics.dropped_rows(model, "no_primary", n)
         for row, actual in result.labelled:
             self._joiner.score_shadow(row, actual)
+
+    def _all_values(self, queue: Sequence[_Queued]) -> list[list[float]]:
+        """``_values`` of every item, one numpy call per model and output layout.
+
+        The items whose output is a plain ``(rows, width)`` table are joined by
+        (task, width, dtype) and reduced at once (argmax, or the value);
+        any other shape goes through ``_values`` alone. Same values either way.
+        """
+        out: list[list[float] | None] = [None] * len(queue)
+        groups: dict[tuple[object, ...], list[int]] = {}
+        key: tuple[object, ...] = ()
+        members: list[int] = []
+        for i, item in enumerate(queue):
+            output = item.output
+            shape = output.shape
+            task = item.spec.task
+            if (
+                len(shape) != 2
+                or shape[0] != item.rows
+                or shape[1] == 0
+                or (task == "regression" and shape[1] != 1)
+            ):
+                out[i] = self._values(item)  # reshaped, or logged and skipped
+                continue
+            if key != (task, shape[1], output.dtype):  # usually the same as the item before
+                key = (task, shape[1], output.dtype)
+                members = groups.setdefault(key, [])
+            members.append(i)
+        for (kind, _, _), members in groups.items():
+            tables = [queue[i].output for i in members]
+            table = tables[0] if len(tables) == 1 else np.concatenate(tables)
+            if kind == "classification":
+                flat: list[float] = np.argmax(table, axis=1).astype(np.float64).tolist()
+            else:
+                flat = table[:, 0].astype(np.float64).tolist()
+            start = 0
+            for i in members:
+                end = start + queue[i].rows
+                out[i] = flat[start:end]
+                start = end
+        return [values if values is not None else [] for values in out]
 
     def _values(self, item: _Queued) -> list[float]:
         """One prediction per row (argmax for classifiers); [] when the output does not fit."""
