@@ -159,7 +159,11 @@ class OutputCollector(Collector):
         # a queue this long (or this heavy) wakes the thread before its interval is up
         self._wake_pending = max(1, max_pending // 4)
         self._wake_bytes = max_pending_bytes // 4
-        self._queue: list[tuple[OutputStats, Outputs]] = []
+        # queued outputs per model version: appending a request's outputs (a dict of
+        # arrays, which the garbage collector does not track) creates no tracked object, so
+        # a second's worth of queued requests never reaches (and triggers) full collections
+        self._queue: dict[OutputStats, list[Outputs]] = {}
+        self._queued = 0
         self._pending_bytes = 0
         self._dropped = 0
         self._idle = False  # the thread sleeps until a request comes (guarded by _queue_lock)
@@ -217,17 +221,20 @@ class OutputCollector(Collector):
             array = outputs.get(name)
             if array is not None:
                 size += array.nbytes
-        queue = self._queue
         with self._queue_lock:
-            held = self._pending_bytes
-            if len(queue) >= self._max_pending or held + size > self._max_bytes:
+            held, queued = self._pending_bytes, self._queued
+            if queued >= self._max_pending or held + size > self._max_bytes:
                 self._dropped += 1
                 return
-            queue.append((stats, outputs))
+            batch = self._queue.get(stats)
+            if batch is None:
+                batch = self._queue[stats] = []
+            batch.append(outputs)
+            self._queued = queued + 1
             self._pending_bytes = held + size
             wake = (
                 self._idle
-                or len(queue) == self._wake_pending
+                or queued + 1 == self._wake_pending
                 or held < self._wake_bytes <= held + size
             )
             self._idle = False
@@ -238,7 +245,7 @@ class OutputCollector(Collector):
     def pending(self) -> int:
         """Requests queued and not yet analysed."""
         with self._queue_lock:
-            return len(self._queue)
+            return self._queued
 
     # ------------------------------------------------------------------ analysis
 
@@ -246,11 +253,8 @@ class OutputCollector(Collector):
         """Analyse everything queued so far (the worker's loop and every scrape call it)."""
         with self._analyse_lock:
             with self._queue_lock:
-                items, self._queue = self._queue, []
-                self._pending_bytes = 0
-            groups: dict[OutputStats, list[Outputs]] = {}
-            for stats, outputs in items:
-                groups.setdefault(stats, []).append(outputs)
+                groups, self._queue = self._queue, {}
+                self._queued = self._pending_bytes = 0
             for stats, batch in groups.items():
                 try:
                     stats.analyse(batch)
@@ -293,7 +297,7 @@ class OutputCollector(Collector):
     def _full(self) -> bool:
         """A quarter of the queue's bound is used: time to drain, not to wait."""
         with self._queue_lock:
-            return len(self._queue) >= self._wake_pending or self._pending_bytes >= self._wake_bytes
+            return self._queued >= self._wake_pending or self._pending_bytes >= self._wake_bytes
 
     # ------------------------------------------------------------------ scrape
 

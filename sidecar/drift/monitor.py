@@ -313,7 +313,12 @@ class ModelMonitor:
         self._closed = False
         # request path state (guarded by _lock)
         self._lock = threading.Lock()
-        self._queue: list[_Item] = []
+        # each queued request's inputs, outputs (dicts of arrays, which the garbage collector
+        # does not track) and rows, in three lists: queuing creates no tracked object, so
+        # rows waiting a second for the worker never reach (and trigger) full collections
+        self._queue: list[Tensors] = []
+        self._queue_outputs: list[Tensors | None] = []
+        self._queue_rows: list[int] = []
         self._queued_rows = 0
         self._dropped_rows = 0
         self._rate = config.sample_rate
@@ -408,7 +413,9 @@ class ModelMonitor:
             if queued + rows > self.config.queue_rows:
                 self._dropped_rows += rows
                 return False
-            self._queue.append(_Item(inputs, outputs, rows))
+            self._queue.append(inputs)
+            self._queue_outputs.append(outputs)
+            self._queue_rows.append(rows)
             self._queued_rows = queued + rows
             asleep, self._asleep = self._asleep, False
         return asleep or queued < self._wake_rows <= queued + rows
@@ -445,19 +452,23 @@ class ModelMonitor:
     def process(self) -> None:
         """Take what was queued, fill windows, evaluate the full (or due) ones."""
         with self._lock:
-            items, self._queue = self._queue, []
+            inputs, self._queue = self._queue, []
+            outputs, self._queue_outputs = self._queue_outputs, []
+            rows, self._queue_rows = self._queue_rows, []
             self._queued_rows = 0
         if self._closed:
             return
-        if items and self._capture is not None:
-            items = self._take_capture(items)
+        if inputs and self._capture is not None:
+            queued = zip(inputs, outputs, rows, strict=True)
+            items = self._take_capture([_Item(*item) for item in queued])
+            inputs, outputs = [i.inputs for i in items], [i.outputs for i in items]
         now = self._monotonic()
         if self._unsaved is not None and now >= self._retry_at:
             self._save_captured(now)
         if not self._scopes:
             return
-        if items:
-            self._add(items, now)
+        if inputs:
+            self._add(inputs, outputs, now)
         if self._uncounted_rows and (
             self._uncounted_rows >= FLEET_BATCH_ROWS or now - self._counted_at >= FLEET_MAX_DELAY
         ):
@@ -466,15 +477,16 @@ class ModelMonitor:
         if flush is not None and self._filled and now - self._window_started >= flush:
             self._close()
 
-    def _add(self, items: list[_Item], now: float) -> None:
-        if len(self._scopes) > 1:  # outputs are watched: rows need both (OK requests have them)
-            items = [i for i in items if i.outputs is not None]
-            if not items:
+    def _add(self, inputs: list[Tensors], outputs: list[Tensors | None], now: float) -> None:
+        if len(self._scopes) > 1 and None in outputs:  # outputs are watched: rows need both
+            both = [(i, o) for i, o in zip(inputs, outputs, strict=True) if o is not None]
+            inputs, outputs = [i for i, _ in both], [o for _, o in both]
+            if not inputs:
                 return
         blocks: list[np.ndarray] = []
         for scope in self._scopes:
-            tensors = [i.inputs if scope.name == "inputs" else i.outputs for i in items]
-            rows = scope.features.rows([t for t in tensors if t is not None])
+            tensors = inputs if scope.name == "inputs" else [o for o in outputs if o is not None]
+            rows = scope.features.rows(tensors)
             if scope.fleet is not None:
                 scope.uncounted.append(rows)
             blocks.append(rows)

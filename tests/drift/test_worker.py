@@ -167,3 +167,24 @@ def test_fleet_counts_of_all_features_at_once_equal_counting_one_by_one(seed: in
         x[rng.random(x.shape) < 0.02] = np.inf
         x[rng.random(x.shape) < 0.02] = -np.inf
         np.testing.assert_array_equal(fleet.count(x), count_feature_by_feature(fleet, x))
+
+
+def test_queued_requests_add_nothing_for_the_garbage_collector_to_walk(
+    harness: Harness,
+) -> None:
+    """Rows wait up to a second for the worker: long enough to be promoted to the collector's
+    oldest generation and trigger full collections, unless queuing creates no tracked
+    object (the tap keeps the request's tensor dicts, which hold only arrays)."""
+    import gc
+
+    model = load(harness, queue_rows=100_000)
+    x = np.zeros((1, WIDTH), dtype=np.float32)
+    requests = [({"x": x}, {"y": x[:, :1]}) for _ in range(5000)]
+    monitor = harness.monitor(model)
+    gc.collect()
+    before = len(gc.get_objects())
+    for inputs, outputs in requests:
+        monitor.offer(inputs, outputs, 1)
+    gc.collect()
+    assert monitor.queued_rows == 5000
+    assert len(gc.get_objects()) - before < 100

@@ -185,3 +185,21 @@ def test_a_drain_of_many_requests_equals_draining_them_one_by_one(logits: bool) 
         else:
             assert value == expected, (name, labels)
     assert stats_many.class_counts.sum() > 0 and stats_many.nonfinite["y"] > 0
+
+
+def test_queued_outputs_add_nothing_for_the_garbage_collector_to_walk() -> None:
+    """Outputs wait up to a second for the thread: queuing them must create no object the
+    collector tracks (they would be promoted and trigger full collections)."""
+    import gc
+
+    collector = OutputCollector(CollectorRegistry())
+    stats = collector.stats("m", "1", CLASSIFIER)
+    assert stats is not None
+    requests = [{"p": np.array([[0.1, 0.2, 0.7]])} for _ in range(5000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for outputs in requests:
+        collector.submit(stats, outputs)
+    gc.collect()
+    assert collector.pending == 5000
+    assert len(gc.get_objects()) - before < 100

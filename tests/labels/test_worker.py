@@ -358,3 +358,21 @@ def test_an_idle_worker_writes_a_prediction_one_flush_interval_after_it_came() -
 
     asyncio.run(scenario())
     assert [row.request_id for row in store.written] == ["r1", "r2"]
+
+
+def test_queued_predictions_add_nothing_for_the_garbage_collector_to_walk() -> None:
+    """Predictions wait for the flush: the queue holds plain tuples of strings, numbers and
+    the output array, which the collector stops tracking (no promotions, no full
+    collections triggered by a busy server's queue)."""
+    import gc
+
+    worker, _, clf, _, clock = make(FlakyStore(), queue_rows=100_000)
+    outputs = [scores(i % 3) for i in range(5000)]
+    ids = [f"r{i}" for i in range(5000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for request_id, output in zip(ids, outputs, strict=True):
+        worker.submit(request_id, clf, "1", output[None, :], 1, clock.now)
+    gc.collect()
+    assert worker.queued_rows == 5000
+    assert len(gc.get_objects()) - before < 100
