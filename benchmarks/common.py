@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +71,36 @@ def tree_cpu_seconds(pid: int) -> float:
         total += times.get(current, 0.0)
         todo.extend(children.get(current, []))
     return total
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of each live thread of ``pid``, keyed ``comm/tid`` (Linux /proc).
+
+    Read from ``/proc/PID/task/TID/schedstat`` (nanoseconds on the CPU), not
+    ``stat``'s 10 ms ticks. Names are what ``/proc`` says: start the server
+    through ``benchmarks.named_threads`` to see Python thread names there.
+    """
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as handle:
+                name = handle.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                nanoseconds = int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+        if name == "MainThread" and int(tid) != pid:  # a native thread started by the main one
+            name = "native"
+        out[f"{name}/{tid}"] = nanoseconds / 1e9
+    return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``, ended threads included (10 ms ticks)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        stat = handle.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def self_cpu_seconds() -> float:
@@ -245,44 +275,146 @@ def fixed_rate_cpu(server: Server, rate: float, seconds: float, model: str | Non
     each happened to run (gRPC gets cheaper per request when busier).
     Requests are sent on schedule whatever the answers (at most 256 in flight).
     """
+    total = int(rate * seconds)
+    cpu0: list[float] = []
+    asyncio.run(
+        send_at_rate(server, rate, total, model, lambda: cpu0.append(tree_cpu_seconds(server.pid)))
+    )
+    return (tree_cpu_seconds(server.pid) - cpu0[0]) / total * 1e6
+
+
+async def send_at_rate(
+    server: Server,
+    rate: float,
+    total: int,
+    model: str | None = None,
+    started: Callable[[], None] | None = None,
+    data: Path | None = None,
+) -> None:
+    """Send ``total`` requests at ``rate`` requests/s (open loop); raise if any fails.
+
+    The requests cycle through ``inference-sidecar bench``'s payloads (random
+    rows, or ``data``'s). ``started`` is called once the channel is ready,
+    right before the first request.
+    """
     from sidecar.bench import INFER_METHOD, BenchOptions, build_workload, fetch_metadata
 
-    async def run() -> float:
-        options = BenchOptions(target=server.target, model=model or server.model, warmup=0)
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            workload = build_workload(await fetch_metadata(channel, options), options)
-            call = channel.unary_unary(INFER_METHOD)
-            payload = workload.payloads[0]
-            errors = 0
+    options = BenchOptions(target=server.target, model=model or server.model, warmup=0, data=data)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        workload = build_workload(await fetch_metadata(channel, options), options)
+        call = channel.unary_unary(INFER_METHOD)
+        payloads = workload.payloads
+        errors = 0
 
-            async def one() -> None:
-                nonlocal errors
-                try:
-                    await call(payload, timeout=30)
-                except grpc.aio.AioRpcError:
-                    errors += 1
+        async def one(payload: bytes) -> None:
+            nonlocal errors
+            try:
+                await call(payload, timeout=30)
+            except grpc.aio.AioRpcError:
+                errors += 1
 
-            inflight: set[asyncio.Task[None]] = set()
-            loop = asyncio.get_running_loop()
-            total = int(rate * seconds)
-            cpu0 = tree_cpu_seconds(server.pid)
-            start = loop.time()
-            for index in range(total):
-                delay = start + index / rate - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if len(inflight) >= 256:  # the server fell behind: wait (the rate slips)
-                    await asyncio.wait(tuple(inflight), return_when=asyncio.FIRST_COMPLETED)
-                task = loop.create_task(one())
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
-            if inflight:
-                await asyncio.wait(tuple(inflight))
-            if errors:
-                raise RuntimeError(f"{errors} of {total} requests to {server.name} failed")
-            return (tree_cpu_seconds(server.pid) - cpu0) / total * 1e6
+        inflight: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        if started is not None:
+            started()
+        start = loop.time()
+        for index in range(total):
+            delay = start + index / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(inflight) >= 256:  # the server fell behind: wait (the rate slips)
+                await asyncio.wait(tuple(inflight), return_when=asyncio.FIRST_COMPLETED)
+            task = loop.create_task(one(payloads[index % len(payloads)]))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        if inflight:
+            await asyncio.wait(tuple(inflight))
+        if errors:
+            raise RuntimeError(f"{errors} of {total} requests to {server.name} failed")
 
-    return asyncio.run(run())
+
+@dataclass
+class ThreadCell:
+    """CPU per request of each thread of a server over a fixed number of requests."""
+
+    server: str
+    concurrency: int
+    repeat: int
+    requests: int  # answered (OK or not)
+    requests_per_second: float
+    threads_us: dict[str, float]  # ``comm/tid`` → CPU µs per request
+    process_us: float  # the whole process, threads that ended meanwhile included
+
+
+def thread_cpu(
+    server: Server,
+    concurrency: int,
+    requests: int,
+    warmup: float,
+    repeat: int = 0,
+    data: Path | None = None,
+    rate: float | None = None,
+) -> ThreadCell:
+    """Send ``requests`` requests (after an uncounted warm-up) and charge each thread its CPU.
+
+    Closed loop with ``concurrency`` in flight, or, with ``rate``, open loop at
+    ``rate`` requests/s: then every server does the same work per second,
+    which takes out the effect of speed on CPU per request (gRPC costs less
+    per request when busier).
+
+    Thread CPU comes from ``/proc/PID/task/*/schedstat`` (``thread_cpu_seconds``):
+    a count of work, not of speed, so it moves far less with a busy machine
+    than requests per second. A fixed request count makes background work that
+    runs per N requests (drift windows) comparable between runs.
+    """
+
+    def options(**size: Any) -> BenchOptions:
+        return BenchOptions(
+            target=server.target,
+            model=server.model,
+            concurrency=(concurrency,),
+            warmup=0,
+            data=data,
+            **size,
+        )
+
+    if warmup > 0 and rate is None:
+        asyncio.run(run_bench(options(duration=warmup)))
+    elif warmup > 0 and rate is not None:
+        asyncio.run(send_at_rate(server, rate, max(1, int(rate * warmup)), data=data))
+    before: list[tuple[dict[str, float], float, float]] = []
+
+    def snapshot() -> None:
+        before.append(
+            (thread_cpu_seconds(server.pid), process_cpu_seconds(server.pid), time.perf_counter())
+        )
+
+    if rate is None:
+        snapshot()
+        report = asyncio.run(run_bench(options(duration=None, requests=requests)))
+        level = report.levels[0]
+        total = max(1, level.ok + sum(level.errors.values()))
+        if level.errors:
+            raise RuntimeError(f"{server.name}: {level.errors} of {total} requests failed")
+        speed = level.requests_per_second
+    else:
+        asyncio.run(send_at_rate(server, rate, requests, started=snapshot, data=data))
+        total = requests
+        speed = total / (time.perf_counter() - before[0][2])
+    threads1, process1 = thread_cpu_seconds(server.pid), process_cpu_seconds(server.pid)
+    threads0, process0, _ = before[0]
+    return ThreadCell(
+        server=server.name,
+        concurrency=0 if rate is not None else concurrency,
+        repeat=repeat,
+        requests=total,
+        requests_per_second=speed,
+        threads_us={
+            key: (seconds - threads0.get(key, 0.0)) / total * 1e6
+            for key, seconds in threads1.items()
+        },
+        process_us=(process1 - process0) / total * 1e6,
+    )
 
 
 def median_of(cells: Sequence[Cell], attribute: str) -> float:

@@ -115,7 +115,8 @@ def serve(window: int, priority: Priority) -> None:
         }
     )
     metrics = ServerMetrics(config.metrics)
-    drift = DriftMonitoring(metrics.registry, priority=priority)
+    # rounds every 50 ms: a fed monitor's windows are evaluated back to back
+    drift = DriftMonitoring(metrics.registry, interval=0.05, priority=priority)
     server = build_server(config, AppParts(metrics=metrics, drift=drift))
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()

@@ -19,12 +19,24 @@ per request (the steadier figure on a shared machine).
 Targets (issue 5): throughput on ≥ 0.95 × off, p99 on ≤ 1.10 × off.
 
     python -m benchmarks.monitoring_overhead --duration 5 --repeats 5 --out results.json
+
+``--threads N`` measures where the extra CPU goes instead: each repeat sends
+exactly N requests to each server (concurrency: ``--concurrency``) and
+charges every server thread its CPU time (``/proc/PID/task/*/schedstat``;
+the servers run under ``benchmarks.named_threads`` so that ``/proc`` shows
+Python thread names), then prints the median µs per request of each group of
+threads, on and off. CPU time counts work, not speed, so this is the figure
+to compare builds by on a busy machine:
+
+    python -m benchmarks.monitoring_overhead --threads 6000 --concurrency 16 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -39,6 +51,7 @@ from benchmarks.common import (
     EXAMPLES,
     Cell,
     Server,
+    ThreadCell,
     cells_json,
     copy_model,
     fixed_rate_cpu,
@@ -51,6 +64,7 @@ from benchmarks.common import (
     save,
     server_process,
     sidecar_command,
+    thread_cpu,
 )
 from sidecar.bench import parse_concurrency
 
@@ -132,11 +146,109 @@ def configs(root: Path) -> tuple[Path, Path, Path, Path]:
 
 
 def sidecar(root: Path, config: Path) -> tuple[list[str], int, int]:
+    """``inference-sidecar serve`` with its threads named in /proc (nothing else changes)."""
     port, metrics_port = free_port(), free_port()
     command = sidecar_command(root, port, config)
     index = command.index("--metrics-port")
     command[index + 1] = str(metrics_port)
+    module = command.index("-m")
+    command[module : module + 2] = ["-m", "benchmarks.named_threads", "sidecar.cli"]
+    assert command[0] == sys.executable
     return command, port, metrics_port
+
+
+#: Thread name patterns (``/proc`` names, 15 bytes at most) → the group reported.
+THREAD_GROUPS: tuple[tuple[str, str], ...] = (
+    (r"MainThread", "event loop (gRPC handlers, decode, model, encode, listeners)"),
+    (r"Thread-\d+ \(_poll.*|event_engine|grpc_global_tim|lifeguard", "gRPC poller and C threads"),
+    (r"model-.*", "model executor threads"),
+    (r"native", "onnxruntime threads"),
+    (r"drift-worker", "drift worker"),
+    (r"output-metrics", "output analysis"),
+    (r"label-store", "label-store writer"),
+    (r"metrics-http", "/metrics endpoint"),
+    (r"asyncio_\d+", "asyncio.to_thread"),
+)
+
+
+def thread_group(key: str) -> str:
+    """The group of a ``comm/tid`` key of ``thread_cpu``."""
+    name = key.rsplit("/", 1)[0]
+    return next((g for pattern, g in THREAD_GROUPS if re.fullmatch(pattern, name)), name)
+
+
+def grouped(cell: ThreadCell) -> dict[str, float]:
+    """µs per request by thread group, plus the process total and threads that ended."""
+    out: dict[str, float] = {}
+    for key, us in cell.threads_us.items():
+        out[thread_group(key)] = out.get(thread_group(key), 0.0) + us
+    out["threads that ended meanwhile"] = cell.process_us - sum(cell.threads_us.values())
+    out["total (process)"] = cell.process_us
+    return out
+
+
+def per_thread(args: argparse.Namespace, on: Server, off: Server, levels: list[int]) -> None:
+    """The ``--threads`` mode: per-thread CPU per request, on versus off."""
+    cells: list[ThreadCell] = []
+    rate = args.threads_rate
+    if rate is not None:
+        levels = [0]  # open loop
+    for repeat in range(args.repeats):
+        for concurrency in levels:
+            for server in rotate([on, off], repeat):
+                cell = thread_cpu(
+                    server, concurrency, args.threads, args.warmup, repeat, args.data, rate
+                )
+                cells.append(cell)
+                print(
+                    f"  repeat {repeat} c={concurrency} {server.name:3} {cell.requests} requests "
+                    f"{cell.requests_per_second:7.1f} req/s  server {cell.process_us:6.0f} µs/req",
+                    flush=True,
+                )
+    info = machine()
+    print()
+    print(
+        f"machine: {info['cpu']}, {info['cpus']} CPUs, load at the end "
+        f"{info['load_average_at_start']}, {info['date']}; {args.repeats} repeats of "
+        f"{args.threads} requests per cell"
+    )
+    summary = []
+    for c in levels:
+        tables = {
+            name: [grouped(x) for x in cells if x.server == name and x.concurrency == c]
+            for name in ("on", "off")
+        }
+        names = sorted(
+            {g for rows in tables.values() for row in rows for g in row},
+            key=lambda g: (g.startswith(("threads that", "total")), g.startswith("total"), g),
+        )
+        load = f"concurrency {c}" if c else f"open loop at {rate:g} requests/s"
+        print()
+        print(f"{load}: server CPU µs per request, median of {args.repeats} (range)")
+        print()
+        print("| thread | off µs/req | on µs/req | on − off |")
+        print("|---|---:|---:|---:|")
+        for g in names:
+            medians = {}
+            for name, rows in tables.items():
+                values = [row.get(g, 0.0) for row in rows]
+                medians[name] = (statistics.median(values), min(values), max(values))
+            off_m, on_m = medians["off"][0], medians["on"][0]
+            print(
+                f"| {g} | {off_m:.1f} ({medians['off'][1]:.0f}–{medians['off'][2]:.0f}) "
+                f"| {on_m:.1f} ({medians['on'][1]:.0f}–{medians['on'][2]:.0f}) "
+                f"| {on_m - off_m:+.1f} |"
+            )
+            summary.append({"concurrency": c, "thread": g, "off_us": off_m, "on_us": on_m})
+    save(
+        args.out,
+        {
+            "machine": info,
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "summary": summary,
+            "cells": [vars(x) for x in cells],
+        },
+    )
 
 
 def describe(server: Server, metrics_port: int) -> dict[str, Any]:
@@ -156,6 +268,21 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--rate", type=float, default=300, help="requests/s of the CPU cells")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="REQUESTS",
+        help="instead: CPU per request of each server thread over this many requests per cell",
+    )
+    parser.add_argument(
+        "--threads-rate",
+        type=float,
+        metavar="RATE",
+        help="--threads: send at this many requests/s (open loop) instead of --concurrency",
+    )
+    parser.add_argument(
+        "--data", type=Path, help="--threads: input rows (.npy) to send instead of random ones"
+    )
     args = parser.parse_args()
     levels = parse_concurrency(args.concurrency)
     info = machine()
@@ -167,6 +294,9 @@ def main() -> None:
         off_cmd, off_port, off_metrics = sidecar(off_repo, off_yaml)
         on = stack.enter_context(server_process("on", on_cmd, on_port))
         off = stack.enter_context(server_process("off", off_cmd, off_port))
+        if args.threads:
+            per_thread(args, on, off, levels)
+            return
         for repeat in range(args.repeats):
             for concurrency in levels:
                 for server in rotate([on, off], repeat):

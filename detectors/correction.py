@@ -33,8 +33,10 @@ from detectors.errors import InvalidInputError
 __all__ = [
     "MultipleTestResult",
     "benjamini_hochberg",
+    "bh_adjusted",
     "bonferroni",
     "bonferroni_min",
+    "bonferroni_min_rows",
     "cauchy_combination",
 ]
 
@@ -68,15 +70,21 @@ def benjamini_hochberg(p_values: npt.ArrayLike, alpha: float = 0.05) -> Multiple
     """
     p = _check_p(p_values)
     _check_alpha(alpha)
+    adjusted = bh_adjusted(p)
+    return MultipleTestResult(reject=adjusted <= alpha, p_adjusted=adjusted, alpha=alpha)
+
+
+def bh_adjusted(p: FloatArray) -> FloatArray:
+    """Benjamini-Hochberg adjusted p-values of 1-D ``p`` already known valid (no checks)."""
     m = p.size
     if m == 0:
-        return MultipleTestResult(np.zeros(0, dtype=np.bool_), np.zeros(0), alpha)
+        return np.zeros(0)
     order = np.argsort(p, kind="stable")
     ranked = p[order] * m / np.arange(1, m + 1)
     ranked = np.minimum.accumulate(ranked[::-1])[::-1]
     adjusted = np.empty(m)
     adjusted[order] = np.minimum(ranked, 1.0)
-    return MultipleTestResult(reject=adjusted <= alpha, p_adjusted=adjusted, alpha=alpha)
+    return adjusted
 
 
 def cauchy_combination(
@@ -129,7 +137,11 @@ def bonferroni_min(
     if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
         raise InvalidInputError("p-values must be finite and in [0, 1]")
     p = np.moveaxis(p, axis, -1)
-    w = _check_weights(weights, p.shape[-1])
+    return bonferroni_min_rows(p, _check_weights(weights, p.shape[-1]))
+
+
+def bonferroni_min_rows(p: FloatArray, w: FloatArray) -> FloatArray:
+    """:func:`bonferroni_min` along the last axis of valid ``p`` with valid weights (no checks)."""
     with np.errstate(divide="ignore"):
         scaled = np.where(w > 0, p / np.where(w > 0, w, 1.0), np.inf)
     result: FloatArray = np.minimum(scaled.min(axis=-1), 1.0)

@@ -28,9 +28,8 @@ reference raises :class:`~detectors.errors.ShapeMismatchError`.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -47,9 +46,9 @@ from detectors.chi2 import (
     merge_sparse_categories,
 )
 from detectors.correction import (
-    benjamini_hochberg,
+    bh_adjusted,
     bonferroni,
-    bonferroni_min,
+    bonferroni_min_rows,
     cauchy_combination,
 )
 from detectors.cvm import cramervonmises_merged
@@ -79,6 +78,7 @@ __all__ = [
     "FeatureResult",
     "TestName",
     "TestResult",
+    "WindowScores",
     "class_distribution_drift",
 ]
 
@@ -312,28 +312,97 @@ def class_distribution_drift(
 _TEST_ORDER: tuple[TestName, ...] = ("welch", "brown_forsythe", "ks", "cvm", "chi2")
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class WindowScores:
+    """Everything :meth:`DriftDetector.score` finds on one window, as arrays over the features.
+
+    What :class:`DriftResult` is built from, without its per-feature objects:
+    a caller that needs a few numbers per window (the server's drift worker
+    exports them as metrics) reads them here at a fraction of the cost.
+    :meth:`DriftDetector.result` turns it into the :class:`DriftResult`.
+
+    ``statistics[f, t]`` and ``p_values[f, t]`` are test ``tests[t]`` on feature
+    ``f``: both finite, or both NaN where the test did not run or gave no
+    p-value (``ran`` tells the two apart, ``test_reasons[t][f]`` says why).
+    ``distance_values[f, d]`` is distance ``distances[d]`` (NaN: undefined or
+    not computed). ``combined`` and ``adjusted`` are NaN where the feature was
+    not evaluated (``skipped_reasons[f]`` then says why). The arrays are
+    read-only.
+    """
+
+    evaluated: bool
+    n_window: int
+    n_reference: int
+    n_nonfinite_rows_excluded: int
+    alpha: float
+    correction: Correction
+    feature_names: tuple[str, ...]
+    kinds: tuple[FeatureKind, ...]
+    tests: tuple[str, ...]
+    distances: tuple[str, ...]
+    statistics: FloatArray
+    p_values: FloatArray
+    ran: BoolArray
+    test_reasons: tuple[Mapping[int, str], ...]
+    distance_values: FloatArray
+    combined: FloatArray
+    adjusted: FloatArray
+    drifted_mask: BoolArray
+    evaluated_mask: BoolArray
+    n_valid: IntArray
+    skipped_reasons: tuple[str | None, ...]
+    not_evaluated_reason: str | None = None
+
+    @property
+    def n_features(self) -> int:
+        """Number of features."""
+        return len(self.feature_names)
+
+    @property
+    def n_drifted(self) -> int:
+        """Features flagged after correction."""
+        return int(np.count_nonzero(self.drifted_mask))
+
+    @property
+    def n_skipped(self) -> int:
+        """Features not evaluated."""
+        return self.n_features - int(np.count_nonzero(self.evaluated_mask))
+
+    @property
+    def drifted(self) -> bool:
+        """Whether any feature drifted."""
+        return bool(self.drifted_mask.any())
+
+    @property
+    def drifted_features(self) -> tuple[str, ...]:
+        """Names of the features flagged after correction."""
+        return tuple(self.feature_names[f] for f in np.flatnonzero(self.drifted_mask).tolist())
+
+
 @dataclass(slots=True)
 class _Scratch:
     """Per-evaluation working arrays over all F features (private, mutable).
 
-    ``pvals[t][f]`` is NaN where test ``t`` did not run on feature ``f`` or had
+    ``pvals[:, t]`` is NaN where test ``t`` did not run on a feature or had
     no p-value; ``ran`` tells the two apart and ``reasons`` says why a test
     that ran has none.
     """
 
-    stats: dict[str, FloatArray]
-    pvals: dict[str, FloatArray]
-    ran: dict[str, BoolArray]
-    reasons: dict[str, dict[int, str]]
+    column: dict[str, int]  # test → column of stats / pvals / ran
+    stats: FloatArray
+    pvals: FloatArray
+    ran: BoolArray
+    reasons: tuple[dict[int, str], ...]
     distances: dict[str, FloatArray]
 
     @classmethod
     def empty(cls, tests: Sequence[str], distances: Sequence[str], n_feat: int) -> _Scratch:
         return cls(
-            stats={t: np.full(n_feat, np.nan) for t in tests},
-            pvals={t: np.full(n_feat, np.nan) for t in tests},
-            ran={t: np.zeros(n_feat, dtype=np.bool_) for t in tests},
-            reasons={t: {} for t in tests},
+            column={t: k for k, t in enumerate(tests)},
+            stats=np.full((n_feat, len(tests)), np.nan),
+            pvals=np.full((n_feat, len(tests)), np.nan),
+            ran=np.zeros((n_feat, len(tests)), dtype=np.bool_),
+            reasons=tuple({} for _ in tests),
             distances={d: np.full(n_feat, np.nan) for d in distances},
         )
 
@@ -341,24 +410,60 @@ class _Scratch:
         self, test: str, idx: IntArray, stat: FloatArray, p: FloatArray, undefined: str
     ) -> None:
         """Record a test's results for features ``idx``; NaN p-values get ``undefined``."""
+        k = self.column[test]
         ok = np.isfinite(p) & np.isfinite(stat)
-        self.stats[test][idx] = np.where(ok, stat, np.nan)
-        self.pvals[test][idx] = np.where(ok, p, np.nan)
-        self.ran[test][idx] = True
-        for f in idx[~ok].tolist():
-            self.reasons[test][f] = undefined
+        self.stats[idx, k] = np.where(ok, stat, np.nan)
+        self.pvals[idx, k] = np.where(ok, p, np.nan)
+        self.ran[idx, k] = True
+        if not ok.all():
+            for f in idx[~ok].tolist():
+                self.reasons[k][f] = undefined
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupRef:
+    """The reference's numbers for a group of features tested together (looked up once)."""
+
+    mean: FloatArray
+    var: FloatArray
+    spread: SpreadSummary
+    std: FloatArray
+    n_bins: IntArray
+    edges: FloatArray  # ordered bins: padded interior edges, (features, widest - 1)
+    counts: FloatArray  # ordered bins: padded reference counts, (features, widest)
+
+
+@dataclass(frozen=True, slots=True)
+class _MergePlan:
+    """How the sparse reference bins of a group of ordered-bin features merge for a window size.
+
+    A pure function of the reference's counts and the window size, so it is
+    worked out once: ``rows`` are the positions (in the group) of the features
+    that merge, ``target`` the flat index ``position * width + merged bin`` of
+    every padded bin of those rows (padding bins, empty in both samples, go
+    to the last merged bin), ``ref_counts`` the merged reference counts and
+    ``n_bins`` the merged bin counts.
+    """
+
+    rows: IntArray
+    target: IntArray
+    width: int
+    ref_counts: FloatArray
+    n_bins: IntArray
 
 
 class DriftDetector:
     """Scores windows against a fixed reference.
 
-    ``score()`` changes nothing but a bounded cache of how each feature's sparse
-    reference bins merge for a window size (a pure function of the reference's
-    counts and the window size, in a Python loop: worth computing once).
+    ``score()`` changes nothing but bounded caches of how sparse reference bins
+    merge for a window size (pure functions of the reference's counts and the
+    window size, worked out in a Python loop: worth computing once).
     """
 
     #: Most (feature, window size) bin merges kept.
     MAX_CACHED_MERGES = 65_536
+    #: Most (group of features, window size) merge plans kept.
+    MAX_CACHED_PLANS = 512
 
     def __init__(self, reference: Reference, config: DriftConfig | None = None) -> None:
         self._reference = reference
@@ -367,6 +472,10 @@ class DriftDetector:
         configured = set(cfg.continuous_tests) | set(cfg.discrete_tests) | {"chi2"}
         self._tests = tuple(t for t in _TEST_ORDER if t in configured)
         self._merges: dict[tuple[int, int], IntArray] = {}
+        self._plans: dict[tuple[bytes, int], _MergePlan] = {}
+        self._groups: dict[bytes, _GroupRef] = {}
+        self._weights = np.array([cfg.weight_of(t) for t in self._tests])
+        self._powers = 1 << np.arange(len(self._tests), dtype=np.int64)
 
     @property
     def reference(self) -> Reference:
@@ -380,6 +489,10 @@ class DriftDetector:
 
     def score(self, window: npt.ArrayLike) -> DriftResult:
         """Test a window of shape ``(n, F)`` against the reference."""
+        return self.result(self.scores(window))
+
+    def scores(self, window: npt.ArrayLike) -> WindowScores:
+        """Test a window of shape ``(n, F)``: the numbers of :meth:`score`, as arrays."""
         ref, cfg = self._reference, self._config
         x = np.asarray(window)
         n_feat = ref.n_features
@@ -397,11 +510,16 @@ class DriftDetector:
         finite = np.isfinite(rows)
         all_finite = bool(finite.all())
         n_bad_rows = 0 if all_finite else int((~finite).any(axis=0).sum())
+        scratch = _Scratch.empty(self._tests, cfg.distances, n_feat)
         if n_rows < cfg.min_window:
-            return self._not_evaluated(
+            reason = f"window has {n_rows} rows, fewer than min_window={cfg.min_window}"
+            return self._scores(
+                scratch,
+                ["window not evaluated: " + reason] * n_feat,
+                np.zeros(n_feat, dtype=np.int64),
                 n_rows,
                 n_bad_rows,
-                f"window has {n_rows} rows, fewer than min_window={cfg.min_window}",
+                reason,
             )
         if not all_finite:
             rows[~finite] = np.nan
@@ -410,10 +528,11 @@ class DriftDetector:
 
         skip: list[str | None] = list(ref.unusable)
         groups: dict[tuple[FeatureKind, int, int], list[int]] = defaultdict(list)
+        n_valid_l, n_finite_l, kinds = n_valid.tolist(), ref.n_finite.tolist(), ref.kinds
         for f in range(n_feat):
             if skip[f] is not None:
                 continue
-            nv = int(n_valid[f])
+            nv = n_valid_l[f]
             if nv == 0:
                 skip[f] = "the window has no finite values for this feature"
             elif nv < cfg.min_window:
@@ -422,13 +541,12 @@ class DriftDetector:
                     f"fewer than min_window={cfg.min_window}"
                 )
             else:
-                groups[(ref.kinds[f], int(ref.n_finite[f]), nv)].append(f)
+                groups[(kinds[f], n_finite_l[f], nv)].append(f)
 
-        scratch = _Scratch.empty(self._tests, cfg.distances, n_feat)
         for (kind, n_ref, n_win), members in groups.items():
             idx = np.asarray(members, dtype=np.int64)
             self._run_group(kind, idx, n_ref, rows[idx, :n_win], scratch)
-        return self._assemble(scratch, skip, n_valid, n_rows, n_bad_rows)
+        return self._combine(scratch, skip, n_valid, n_rows, n_bad_rows)
 
     # ------------------------------------------------------------------ internals
 
@@ -442,27 +560,27 @@ class DriftDetector:
         ref, cfg = self._reference, self._config
         n_win = win.shape[1]
         tests = cfg.tests_for(kind)
+        group = self._group(kind, idx)
 
         if "welch" in tests:
             t, p = welch_ttest_from_stats(
-                ref.mean[idx], ref.var[idx], n_ref, win.mean(axis=1), win.var(axis=1, ddof=1), n_win
+                group.mean, group.var, n_ref, win.mean(axis=1), win.var(axis=1, ddof=1), n_win
             )
             out.put("welch", idx, t, p, "both samples have zero variance")
         if "brown_forsythe" in tests:
-            ref_spread = SpreadSummary(
-                n=ref.spread.n[idx], zbar=ref.spread.zbar[idx], ss=ref.spread.ss[idx]
-            )
             win_spread = spread_summary_rows(win, median_of_sorted_rows(win, n_win))
-            w, p = brown_forsythe_from_summaries(ref_spread, win_spread)
+            w, p = brown_forsythe_from_summaries(group.spread, win_spread)
             out.put(
                 "brown_forsythe", idx, w, p, "both samples have zero spread about their medians"
             )
-        ref_rows = ref.sorted_rows[idx, :n_ref]
+        wasserstein = "wasserstein" in cfg.distances and kind != "categorical"
+        if "ks" in tests or "cvm" in tests or wasserstein:
+            ref_rows = ref.sorted_rows[idx, :n_ref]
         if "ks" in tests:
             d, p = ks_pvalue(ks_statistic_rows(ref_rows, win), n_ref, n_win, cfg.ks_method)
             out.put("ks", idx, d, p, "the KS p-value is undefined for these sample sizes")
         merged: MergedRows | None = None
-        if "cvm" in tests or ("wasserstein" in cfg.distances and kind != "categorical"):
+        if "cvm" in tests or wasserstein:
             merged = merge_sorted_rows(ref_rows, win)
         if "cvm" in tests and merged is not None:
             t, p = cramervonmises_merged(merged)
@@ -478,7 +596,7 @@ class DriftDetector:
             )
 
         if "chi2" in tests or "psi" in cfg.distances:
-            ref_counts, win_counts, n_bins = self._bin_counts(kind, idx, win)
+            ref_counts, win_counts, n_bins = self._bin_counts(kind, idx, win, group)
             if "chi2" in tests:
                 stat, p = self._chi2(kind, idx, ref_counts, win_counts, n_bins, n_win)
                 out.put(
@@ -492,13 +610,42 @@ class DriftDetector:
             if "psi" in cfg.distances:
                 out.distances["psi"][idx] = psi_from_counts(ref_counts, win_counts, cfg.psi_epsilon)
         if "wasserstein" in cfg.distances and merged is not None:
-            std = ref.std[idx]
+            std = group.std
             dist = wasserstein_merged(merged)
             with np.errstate(divide="ignore", invalid="ignore"):
                 out.distances["wasserstein"][idx] = np.where(std > 0, dist / std, np.nan)
 
+    def _group(self, kind: FeatureKind, idx: IntArray) -> _GroupRef:
+        """The reference's numbers for features ``idx`` (cached: groups repeat every window)."""
+        key = idx.tobytes()
+        group = self._groups.get(key)
+        if group is not None:
+            return group
+        ref = self._reference
+        n_bins = ref.n_bins[idx]
+        k_max = int(n_bins.max()) if idx.size else 0
+        ordered = kind != "categorical"
+        group = _GroupRef(
+            mean=ref.mean[idx],
+            var=ref.var[idx],
+            spread=SpreadSummary(
+                n=ref.spread.n[idx], zbar=ref.spread.zbar[idx], ss=ref.spread.ss[idx]
+            ),
+            std=ref.std[idx],
+            n_bins=n_bins,
+            edges=ref.padded_edges[idx, : k_max - 1] if ordered else np.zeros((idx.size, 0)),
+            counts=ref.padded_counts[idx, :k_max].astype(np.float64)
+            if ordered
+            else np.zeros((idx.size, 0)),
+        )
+        for array in (group.mean, group.var, group.std, group.n_bins, group.edges, group.counts):
+            array.setflags(write=False)  # shared by every window: never written
+        if len(self._groups) < self.MAX_CACHED_PLANS:
+            self._groups[key] = group
+        return group
+
     def _bin_counts(
-        self, kind: FeatureKind, idx: IntArray, win: FloatArray
+        self, kind: FeatureKind, idx: IntArray, win: FloatArray, group: _GroupRef
     ) -> tuple[FloatArray, FloatArray, IntArray]:
         """Padded reference and window counts per bin, and the number of bins per feature.
 
@@ -520,17 +667,14 @@ class DriftDetector:
                 win_counts[k, : cats.size] = seen
                 win_counts[k, cats.size] = n_win - seen.sum()
             return ref_counts, win_counts, n_bins
-        n_bins = ref.n_bins[idx]
-        k_max = int(n_bins.max())
-        edges = ref.padded_edges[idx, : k_max - 1]
-        cum = np.empty((n_f, k_max + 1), dtype=np.int64)
+        edges = group.edges
+        cum = np.empty((n_f, edges.shape[1] + 2), dtype=np.int64)
         cum[:, 0] = 0
         cum[:, -1] = n_win
         for k in range(n_f):
-            cum[k, 1:-1] = np.searchsorted(win[k], edges[k], side="left")
+            cum[k, 1:-1] = win[k].searchsorted(edges[k], side="left")
         win_counts = np.diff(cum, axis=1).astype(np.float64)
-        ref_counts = ref.padded_counts[idx, :k_max].astype(np.float64)
-        return ref_counts, win_counts, n_bins
+        return group.counts, win_counts, group.n_bins
 
     def _chi2(
         self,
@@ -543,39 +687,34 @@ class DriftDetector:
     ) -> tuple[FloatArray, FloatArray]:
         """Chi-squared over the bins after merging sparse ones; vectorised over features."""
         cfg = self._config
+        if kind != "categorical":
+            plan = self._plan(idx, ref_counts, n_bins, n_win)
+            if plan.rows.size:
+                merged_win = np.bincount(
+                    plan.target,
+                    weights=win_counts[plan.rows].ravel(),
+                    minlength=plan.rows.size * plan.width,
+                ).reshape(plan.rows.size, plan.width)
+                ref_counts = ref_counts.copy()
+                win_counts = win_counts.copy()
+                n_bins = n_bins.copy()
+                ref_counts[plan.rows] = plan.ref_counts
+                win_counts[plan.rows] = merged_win
+                n_bins[plan.rows] = plan.n_bins
+            return binned_chi2_rows(ref_counts, win_counts, n_bins)
         ref_counts = ref_counts.copy()
         win_counts = win_counts.copy()
         n_bins = n_bins.copy()
-        n_ref = ref_counts.sum(axis=1)
-        if kind == "categorical":
-            todo = np.arange(ref_counts.shape[0])
-        else:
-            used = np.arange(ref_counts.shape[1])[None, :] < n_bins[:, None]
-            smallest = np.where(used, ref_counts, np.inf).min(axis=1)
-            todo = np.flatnonzero(
-                (n_bins >= 2) & (smallest * np.minimum(n_ref, n_win) < cfg.min_expected * n_ref)
-            )
-        for k in todo.tolist():
+        for k in range(ref_counts.shape[0]):
             r = ref_counts[k, : n_bins[k]].astype(np.int64)
             w = win_counts[k, : n_bins[k]].astype(np.int64)
-            if kind == "categorical":
-                groups = merge_sparse_categories(r, w, cfg.min_expected)
-                mapping = np.full(r.size, -1, dtype=np.int64)
-                for g, members in enumerate(groups):
-                    mapping[list(members)] = g
-                keep = mapping >= 0  # categories empty in both samples are dropped
-                new_r = np.bincount(mapping[keep], weights=r[keep], minlength=len(groups))
-                new_w = np.bincount(mapping[keep], weights=w[keep], minlength=len(groups))
-            else:
-                key = (int(idx[k]), n_win)
-                cached = self._merges.get(key)
-                if cached is None:
-                    cached = merge_sparse_bins(r, n_win, cfg.min_expected)
-                    if len(self._merges) < self.MAX_CACHED_MERGES:
-                        self._merges[key] = cached
-                mapping = cached
-                new_r = np.bincount(mapping, weights=r)
-                new_w = np.bincount(mapping, weights=w)
+            groups = merge_sparse_categories(r, w, cfg.min_expected)
+            mapping = np.full(r.size, -1, dtype=np.int64)
+            for g, members in enumerate(groups):
+                mapping[list(members)] = g
+            keep = mapping >= 0  # categories empty in both samples are dropped
+            new_r = np.bincount(mapping[keep], weights=r[keep], minlength=len(groups))
+            new_w = np.bincount(mapping[keep], weights=w[keep], minlength=len(groups))
             ref_counts[k] = 0.0
             win_counts[k] = 0.0
             ref_counts[k, : new_r.size] = new_r
@@ -583,143 +722,241 @@ class DriftDetector:
             n_bins[k] = new_r.size
         return binned_chi2_rows(ref_counts, win_counts, n_bins)
 
-    def _assemble(
+    def _plan(
+        self, idx: IntArray, ref_counts: FloatArray, n_bins: IntArray, n_win: int
+    ) -> _MergePlan:
+        """The merge plan of ordered-bin features ``idx`` for windows of ``n_win`` values."""
+        key = (idx.tobytes(), n_win)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        cfg = self._config
+        n_ref = ref_counts.sum(axis=1)
+        width = ref_counts.shape[1]
+        used = np.arange(width)[None, :] < n_bins[:, None]
+        smallest = np.where(used, ref_counts, np.inf).min(axis=1)
+        todo = np.flatnonzero(
+            (n_bins >= 2) & (smallest * np.minimum(n_ref, n_win) < cfg.min_expected * n_ref)
+        )
+        target = np.empty((todo.size, width), dtype=np.int64)
+        merged_ref = np.zeros((todo.size, width))
+        merged_bins = np.empty(todo.size, dtype=np.int64)
+        for position, k in enumerate(todo.tolist()):
+            size = int(n_bins[k])
+            r = ref_counts[k, :size].astype(np.int64)
+            key_f = (int(idx[k]), n_win)
+            mapping = self._merges.get(key_f)
+            if mapping is None:
+                mapping = merge_sparse_bins(r, n_win, cfg.min_expected)
+                if len(self._merges) < self.MAX_CACHED_MERGES:
+                    self._merges[key_f] = mapping
+            new_r = np.bincount(mapping, weights=r)
+            merged_ref[position, : new_r.size] = new_r
+            merged_bins[position] = new_r.size
+            target[position, :size] = mapping
+            target[position, size:] = new_r.size - 1  # padding: zero in both samples
+            target[position] += position * width
+        plan = _MergePlan(todo, target.ravel(), width, merged_ref, merged_bins)
+        if len(self._plans) < self.MAX_CACHED_PLANS:
+            self._plans[key] = plan
+        return plan
+
+    def _combine(
         self,
         scratch: _Scratch,
         skip: list[str | None],
         n_valid: IntArray,
         n_rows: int,
         n_bad_rows: int,
-    ) -> DriftResult:
-        """Combine per feature, correct across features, and build the frozen result."""
-        ref, cfg = self._reference, self._config
-        n_feat = ref.n_features
-        tests = self._tests
-        pmat = np.column_stack([scratch.pvals[t] for t in tests])
+    ) -> WindowScores:
+        """Combine per feature and correct across features (arrays only)."""
+        cfg = self._config
+        n_feat = len(skip)
+        pmat = scratch.pvals
         avail = np.isfinite(pmat)
-        evaluated = np.array([s is None for s in skip]) & np.column_stack(
-            [scratch.ran[t] for t in tests]
-        ).any(axis=1)
-        for f in np.flatnonzero(evaluated & ~avail.any(axis=1)).tolist():
+        evaluated = np.array([s is None for s in skip]) & scratch.ran.any(axis=1)
+        has_p = avail.any(axis=1)
+        for f in np.flatnonzero(evaluated & ~has_p).tolist():
             reasons = "; ".join(
-                f"{t}: {scratch.reasons[t][f]}" for t in tests if f in scratch.reasons[t]
+                f"{t}: {scratch.reasons[k][f]}"
+                for k, t in enumerate(self._tests)
+                if f in scratch.reasons[k]
             )
             skip[f] = f"no test could be computed ({reasons})"
             evaluated[f] = False
 
         # Combine per feature, in groups sharing the set of tests that gave a p-value.
         combined = np.full(n_feat, np.nan)
-        weights = np.array([cfg.weight_of(t) for t in tests])
         ev_idx = np.flatnonzero(evaluated)
-        patterns, which = (
-            np.unique(avail[ev_idx], axis=0, return_inverse=True)
-            if ev_idx.size
-            else (np.zeros((0, len(tests)), dtype=np.bool_), np.zeros(0, dtype=np.int64))
-        )
-        for j, pattern in enumerate(patterns):
-            rows = ev_idx[which.reshape(-1) == j]
-            p = pmat[np.ix_(rows, np.flatnonzero(pattern))]
-            w = weights[pattern] / weights[pattern].sum()
-            if p.shape[1] == 1:
-                combined[rows] = p[:, 0]
-            elif cfg.combine == "bonferroni":
-                combined[rows] = bonferroni_min(p, w)
-            else:
-                combined[rows] = cauchy_combination(p, w)
+        if ev_idx.size:
+            codes = avail[ev_idx].astype(np.int64) @ self._powers
+            for code in np.unique(codes).tolist():
+                rows = ev_idx[codes == code]
+                pattern = (code & self._powers) != 0
+                p = pmat[np.ix_(rows, np.flatnonzero(pattern))]
+                w = self._weights[pattern] / self._weights[pattern].sum()
+                if p.shape[1] == 1:
+                    combined[rows] = p[:, 0]
+                elif cfg.combine == "bonferroni":
+                    combined[rows] = bonferroni_min_rows(p, w)  # finite p in [0, 1] (put)
+                else:
+                    combined[rows] = cauchy_combination(p, w)
 
         adjusted = np.full(n_feat, np.nan)
         if ev_idx.size:
-            corr = (
-                bonferroni(combined[ev_idx], cfg.alpha)
+            adjusted[ev_idx] = (
+                bonferroni(combined[ev_idx], cfg.alpha).p_adjusted
                 if cfg.correction == "bonferroni"
-                else benjamini_hochberg(combined[ev_idx], cfg.alpha)
+                else bh_adjusted(combined[ev_idx])
             )
-            adjusted[ev_idx] = corr.p_adjusted
         drifted = evaluated & (adjusted <= cfg.alpha)
+        return self._scores(scratch, skip, n_valid, n_rows, n_bad_rows, None, combined, adjusted,
+                            drifted, evaluated)  # fmt: skip
 
-        stats_l = {t: scratch.stats[t].tolist() for t in tests}
-        pvals_l = {t: scratch.pvals[t].tolist() for t in tests}
-        ran_l = {t: scratch.ran[t].tolist() for t in tests}
-        dist_l = {d: v.tolist() for d, v in scratch.distances.items()}
-        combined_l, adjusted_l = combined.tolist(), adjusted.tolist()
-        drifted_l, evaluated_l, n_valid_l = drifted.tolist(), evaluated.tolist(), n_valid.tolist()
+    def _scores(
+        self,
+        scratch: _Scratch,
+        skip: Sequence[str | None],
+        n_valid: IntArray,
+        n_rows: int,
+        n_bad_rows: int,
+        not_evaluated: str | None,
+        combined: FloatArray | None = None,
+        adjusted: FloatArray | None = None,
+        drifted: BoolArray | None = None,
+        evaluated: BoolArray | None = None,
+    ) -> WindowScores:
+        ref, cfg = self._reference, self._config
+        n_feat = ref.n_features
+        dist = (
+            np.column_stack([scratch.distances[d] for d in cfg.distances])
+            if cfg.distances
+            else np.zeros((n_feat, 0))
+        )
+        comb = combined if combined is not None else np.full(n_feat, np.nan)
+        adj = adjusted if adjusted is not None else np.full(n_feat, np.nan)
+        drift = drifted if drifted is not None else np.zeros(n_feat, dtype=np.bool_)
+        ev = evaluated if evaluated is not None else np.zeros(n_feat, dtype=np.bool_)
+        valid = np.asarray(n_valid, dtype=np.int64)
+        for array in (scratch.stats, scratch.pvals, scratch.ran, dist, comb, adj, drift, ev, valid):
+            array.setflags(write=False)
+        return WindowScores(
+            evaluated=not_evaluated is None,
+            n_window=n_rows,
+            n_reference=ref.n_rows,
+            n_nonfinite_rows_excluded=n_bad_rows,
+            alpha=cfg.alpha,
+            correction=cfg.correction,
+            feature_names=ref.feature_names,
+            kinds=ref.kinds,
+            tests=self._tests,
+            distances=tuple(cfg.distances),
+            statistics=scratch.stats,
+            p_values=scratch.pvals,
+            ran=scratch.ran,
+            test_reasons=scratch.reasons,
+            distance_values=dist,
+            combined=comb,
+            adjusted=adj,
+            drifted_mask=drift,
+            evaluated_mask=ev,
+            n_valid=valid,
+            skipped_reasons=tuple(skip),
+            not_evaluated_reason=not_evaluated,
+        )
+
+    def result(self, scores: WindowScores) -> DriftResult:
+        """The :class:`DriftResult` of :meth:`scores`' arrays (one object per feature and test)."""
+        cfg = self._config
+        n_feat = scores.n_features
+        tests = scores.tests
+        if not scores.evaluated:
+            skipped = tuple(
+                FeatureResult(
+                    name=name,
+                    kind=kind,
+                    n_window=0,
+                    tests=(),
+                    combined_p=None,
+                    adjusted_p=None,
+                    drifted=False,
+                    skipped_reason=reason,
+                )
+                for name, kind, reason in zip(
+                    scores.feature_names, scores.kinds, scores.skipped_reasons, strict=True
+                )
+            )
+            return DriftResult(
+                evaluated=False,
+                drifted=False,
+                n_drifted=0,
+                n_features=n_feat,
+                n_skipped=n_feat,
+                n_window=scores.n_window,
+                n_reference=scores.n_reference,
+                n_nonfinite_rows_excluded=scores.n_nonfinite_rows_excluded,
+                alpha=scores.alpha,
+                correction=scores.correction,
+                features=skipped,
+                not_evaluated_reason=scores.not_evaluated_reason,
+            )
+        stats_l = scores.statistics.tolist()
+        pvals_l = scores.p_values.tolist()
+        ran_l = scores.ran.tolist()
+        dist_l = scores.distance_values.tolist()
+        combined_l, adjusted_l = scores.combined.tolist(), scores.adjusted.tolist()
+        drifted_l = scores.drifted_mask.tolist()
+        evaluated_l = scores.evaluated_mask.tolist()
+        n_valid_l = scores.n_valid.tolist()
+        psi_column = scores.distances.index("psi") if "psi" in scores.distances else None
         features: list[FeatureResult] = []
         for f in range(n_feat):
             results: list[TestResult] = []
-            for t in tests:
-                if not ran_l[t][f]:
+            ran_f, stats_f, pvals_f = ran_l[f], stats_l[f], pvals_l[f]
+            for k, t in enumerate(tests):
+                if not ran_f[k]:
                     continue
-                p = pvals_l[t][f]
+                p = pvals_f[k]
                 if p == p:  # not NaN
-                    results.append(TestResult(t, stats_l[t][f], p))
+                    results.append(TestResult(t, stats_f[k], p))
                 else:
-                    results.append(TestResult(t, None, None, scratch.reasons[t].get(f)))
+                    results.append(TestResult(t, None, None, scores.test_reasons[k].get(f)))
             level: PsiLevel | None = None
-            if any(ran_l[t][f] for t in tests):
-                for d, values in dist_l.items():
-                    v = values[f]
+            if any(ran_f):
+                for d, v in zip(scores.distances, dist_l[f], strict=True):
                     if v == v:
                         results.append(TestResult(d, v, None))
                     else:
                         results.append(TestResult(d, None, None, "undefined for this feature"))
-                psi = dist_l.get("psi", [math.nan] * n_feat)[f]
-                if psi == psi:
-                    level = psi_level(psi, cfg.psi_thresholds)
+                if psi_column is not None:
+                    psi = dist_l[f][psi_column]
+                    if psi == psi:
+                        level = psi_level(psi, cfg.psi_thresholds)
             ok = evaluated_l[f]
             features.append(
                 FeatureResult(
-                    name=ref.feature_names[f],
-                    kind=ref.kinds[f],
+                    name=scores.feature_names[f],
+                    kind=scores.kinds[f],
                     n_window=int(n_valid_l[f]),
                     tests=tuple(results),
                     combined_p=combined_l[f] if ok else None,
                     adjusted_p=adjusted_l[f] if ok else None,
                     drifted=bool(drifted_l[f]),
-                    skipped_reason=None if ok else skip[f],
+                    skipped_reason=None if ok else scores.skipped_reasons[f],
                     psi_level=level,
                 )
             )
-        n_drifted = int(drifted.sum())
+        n_drifted = scores.n_drifted
         return DriftResult(
             evaluated=True,
             drifted=n_drifted > 0,
             n_drifted=n_drifted,
             n_features=n_feat,
-            n_skipped=n_feat - int(evaluated.sum()),
-            n_window=n_rows,
-            n_reference=ref.n_rows,
-            n_nonfinite_rows_excluded=n_bad_rows,
-            alpha=cfg.alpha,
-            correction=cfg.correction,
+            n_skipped=scores.n_skipped,
+            n_window=scores.n_window,
+            n_reference=scores.n_reference,
+            n_nonfinite_rows_excluded=scores.n_nonfinite_rows_excluded,
+            alpha=scores.alpha,
+            correction=scores.correction,
             features=tuple(features),
-        )
-
-    def _not_evaluated(self, n_rows: int, n_bad_rows: int, reason: str) -> DriftResult:
-        ref, cfg = self._reference, self._config
-        features = tuple(
-            FeatureResult(
-                name=name,
-                kind=kind,
-                n_window=0,
-                tests=(),
-                combined_p=None,
-                adjusted_p=None,
-                drifted=False,
-                skipped_reason="window not evaluated: " + reason,
-            )
-            for name, kind in zip(ref.feature_names, ref.kinds, strict=True)
-        )
-        return DriftResult(
-            evaluated=False,
-            drifted=False,
-            n_drifted=0,
-            n_features=ref.n_features,
-            n_skipped=ref.n_features,
-            n_window=n_rows,
-            n_reference=ref.n_rows,
-            n_nonfinite_rows_excluded=n_bad_rows,
-            alpha=cfg.alpha,
-            correction=cfg.correction,
-            features=features,
-            not_evaluated_reason=reason,
         )

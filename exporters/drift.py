@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -57,9 +57,21 @@ class FeatureValue:
     p_value: float | None
 
 
-@dataclass(frozen=True, slots=True)
+def _no_values() -> np.ndarray:
+    return np.zeros((0, 0))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Evaluation:
-    """What one evaluation of one scope found, as plain numbers."""
+    """What one evaluation of one scope found, as plain numbers.
+
+    The exported features' tests (already capped) come as two arrays, turned
+    into samples only when Prometheus scrapes (a window is evaluated far more
+    often than a scrape reads it): ``statistics[i, j]`` and ``p_values[i, j]``
+    are column ``columns[j]`` (a test, a distance, ``combined`` or
+    ``adjusted``) of feature ``features[i]``, NaN where there is none.
+    ``values`` lists the same as :class:`FeatureValue` objects.
+    """
 
     drifted: bool
     features_drifted: int
@@ -68,7 +80,34 @@ class Evaluation:
     nonfinite_rows: int
     duration_seconds: float
     timestamp: float  # seconds since the epoch
-    values: tuple[FeatureValue, ...] = ()  # the exported features' tests, already capped
+    features: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    statistics: np.ndarray = field(default_factory=_no_values)
+    p_values: np.ndarray = field(default_factory=_no_values)
+
+    def __post_init__(self) -> None:
+        shape = (len(self.features), len(self.columns))
+        if self.statistics.shape != shape or self.p_values.shape != shape:
+            raise ValueError(
+                f"statistics and p_values must have shape {shape} (features × columns), "
+                f"got {self.statistics.shape} and {self.p_values.shape}"
+            )
+
+    @property
+    def values(self) -> tuple[FeatureValue, ...]:
+        """Every value there is, feature by feature, in column order."""
+        out: list[FeatureValue] = []
+        stats, p_values = self.statistics.tolist(), self.p_values.tolist()
+        for i, feature in enumerate(self.features):
+            for j, column in enumerate(self.columns):
+                stat, p = stats[i][j], p_values[i][j]
+                if stat == stat or p == p:  # not both NaN
+                    out.append(
+                        FeatureValue(
+                            feature, column, stat if stat == stat else None, p if p == p else None
+                        )
+                    )
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,12 +257,13 @@ class ModelDrift:
             if last is not None:
                 f.detected.add_metric(labels, 1.0 if last.drifted else 0.0)
                 f.drifted.add_metric(labels, float(last.features_drifted))
-                for value in last.values:
-                    key = [*labels, value.feature, value.test]
-                    if value.statistic is not None and math.isfinite(value.statistic):
-                        f.statistic.add_metric(key, value.statistic)
-                    if value.p_value is not None and math.isfinite(value.p_value):
-                        f.p_value.add_metric(key, value.p_value)
+                stats, p_values = last.statistics.tolist(), last.p_values.tolist()
+                for feature, stats_f, p_f in zip(last.features, stats, p_values, strict=True):
+                    for test, stat, p in zip(last.columns, stats_f, p_f, strict=True):
+                        if math.isfinite(stat):
+                            f.statistic.add_metric([*labels, feature, test], stat)
+                        if math.isfinite(p):
+                            f.p_value.add_metric([*labels, feature, test], p)
             if state.bins is not None and state.bin_counts is not None:
                 layout = state.bins
                 for i, (feature, ratios) in enumerate(

@@ -14,6 +14,10 @@ once; more get 503 at once instead of piling up threads that all hold the GIL.
 ``MetricsHTTPServer`` has the server's ``Service`` shape (async ``start`` /
 ``stop``); ``port`` is the bound port, also when 0 asked for any free one.
 
+The accept loop sleeps in ``select`` until a connection comes or ``stop``
+wakes it through a socket pair: no polling interval, so an idle endpoint
+costs no wake-ups (each would take the GIL from the event loop).
+
 With ``tls`` (a callable returning the ``ssl.SSLContext`` to use now) every
 connection is HTTPS: the context is asked for per connection, so certificates
 rotated on disk apply to the next connection, and the handshake runs on the
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import selectors
 import socket
 import ssl
 import sys
@@ -175,6 +180,7 @@ class MetricsHTTPServer:
         self._max_concurrent = max_concurrent_scrapes
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._wakeup: socket.socket | None = None  # written to by stop()
 
     @property
     def port(self) -> int:
@@ -214,11 +220,9 @@ class MetricsHTTPServer:
                 exc.errno, f"metrics endpoint cannot listen on {where}: {exc.strerror}"
             ) from exc
         self._server = server
+        reader, self._wakeup = socket.socketpair()
         self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="metrics-http",
-            daemon=True,
+            target=self._serve, args=(server, reader), name="metrics-http", daemon=True
         )
         self._thread.start()
         log.info(
@@ -228,14 +232,32 @@ class MetricsHTTPServer:
             ", HTTPS" if self._tls else "",
         )
 
+    @staticmethod
+    def _serve(server: _Server, wakeup: socket.socket) -> None:
+        """Accept connections (each handled on its own thread) until ``wakeup`` is readable."""
+        with wakeup, selectors.DefaultSelector() as selector:
+            selector.register(server, selectors.EVENT_READ)
+            selector.register(wakeup, selectors.EVENT_READ)
+            while True:
+                ready = selector.select()
+                if any(key.fileobj is wakeup for key, _ in ready):
+                    return
+                try:
+                    server.handle_request()  # readable: accepts at once, hands it to a thread
+                except Exception:  # keep accepting: one connection's failure is its own
+                    log.exception("metrics endpoint: accepting a connection failed")
+
     async def stop(self) -> None:
         """Stop serving and close the port (waits off the event loop)."""
-        server, thread = self._server, self._thread
+        server, thread, wakeup = self._server, self._thread, self._wakeup
         if server is None:
             return
-        await asyncio.to_thread(server.shutdown)
-        server.server_close()
+        if wakeup is not None:
+            wakeup.send(b"x")
+            wakeup.close()
         if thread is not None:
             await asyncio.to_thread(thread.join, 5.0)
+        server.server_close()
         self._server = None
         self._thread = None
+        self._wakeup = None

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporters.counter import CounterChild, CounterFamily
+from exporters.histogram import ArrayHistogram
 from exporters.outputs import OutputCollector, OutputMonitoring
 
 PREFIX = "sidecar_"
@@ -129,48 +131,49 @@ class SidecarMetrics:
         r = registry
         p = PREFIX
 
-        # serving
-        self.requests = Counter(
+        # serving: updated on every request, so collectors cheaper per call than
+        # prometheus_client's (exporters.counter, exporters.histogram), same exposition
+        self.requests = CounterFamily(
             f"{p}inference_requests_total",
             "ModelInfer requests answered, by gRPC status code name.",
             [*_MODEL, "code"],
             registry=r,
         )
-        self.samples = Counter(
+        self.samples = CounterFamily(
             f"{p}inference_samples_total",
             "Rows (batch dimension) of successfully answered requests.",
             _MODEL,
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = ArrayHistogram(
             f"{p}request_duration_seconds",
             "Server-side end-to-end time of successful ModelInfer requests.",
             _MODEL,
-            buckets=latency_buckets,
-            unit="seconds",
+            latency_buckets,
             registry=r,
+            unit="seconds",
         )
-        self.queue_duration = Histogram(
+        self.queue_duration = ArrayHistogram(
             f"{p}queue_duration_seconds",
             "Time successful requests waited in the batcher before execution.",
             _MODEL,
-            buckets=latency_buckets,
-            unit="seconds",
+            latency_buckets,
             registry=r,
+            unit="seconds",
         )
-        self.compute_duration = Histogram(
+        self.compute_duration = ArrayHistogram(
             f"{p}compute_duration_seconds",
             "Model execution time per executed batch.",
             _MODEL,
-            buckets=latency_buckets,
-            unit="seconds",
+            latency_buckets,
             registry=r,
+            unit="seconds",
         )
-        self.batch_size = Histogram(
+        self.batch_size = ArrayHistogram(
             f"{p}batch_size",
             "Rows per executed batch.",
             _MODEL,
-            buckets=BATCH_SIZE_BUCKETS,
+            BATCH_SIZE_BUCKETS,
             registry=r,
         )
         self.rejected = Counter(
@@ -337,10 +340,10 @@ class RequestCounters:
         self._version = version
         self._requests = metrics.requests
         self._rejected = metrics.rejected
-        self._codes: dict[str, Counter] = {}
+        self._codes: dict[str, CounterChild] = {}
         self._reasons: dict[str, Counter] = {}
 
-    def _code(self, code: str) -> Counter:
+    def _code(self, code: str) -> CounterChild:
         child = self._codes.get(code)
         if child is None:
             child = self._codes[code] = self._requests.labels(self._name, self._version, code)

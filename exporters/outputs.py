@@ -2,12 +2,14 @@
 
 The request path hands a request's outputs to ``OutputCollector.submit``: a
 size check and a list append under a lock, well under a microsecond of work.
-A background thread drains the queue every ``interval`` seconds, concatenates
-the outputs of each model version and analyses them with a fixed handful of
-vectorised numpy calls however many requests arrived: predicted classes,
-top-class confidence, regression values, NaN/Inf counts. A scrape drains what
-is left before it reads, so ``/metrics`` reflects every request answered
-before the scrape (tests rely on that; so may you).
+A background thread drains the queue ``interval`` seconds (one by default)
+after the first request it holds, concatenates the outputs of each model
+version and analyses them with a fixed handful of vectorised numpy calls
+however many requests arrived: predicted classes, top-class confidence,
+regression values, NaN/Inf counts. The thread sleeps while nothing is
+queued, and is woken early when a quarter of the queue's bound is used. A
+scrape drains what is left before it reads, so ``/metrics`` reflects every
+request answered before the scrape (tests rely on that; so may you).
 
 Bounded: at most ``max_pending`` requests and ``max_pending_bytes`` of output
 arrays wait at once (the arrays are kept alive until analysed); beyond that a
@@ -99,11 +101,8 @@ class OutputStats:
             parts = [a for outputs in batch if (a := outputs.get(name)) is not None and a.size]
             if not parts:
                 continue
-            flat = (
-                parts[0].reshape(-1)
-                if len(parts) == 1
-                else np.concatenate([p.reshape(-1) for p in parts])
-            )
+            # every part flattened (C order) and joined: one copy, whatever the count
+            flat = parts[0].reshape(-1) if len(parts) == 1 else np.concatenate(parts, axis=None)
             finite: np.ndarray | None = None
             if flat.dtype.kind in "fc":
                 finite = np.isfinite(flat)
@@ -113,19 +112,20 @@ class OutputStats:
                 else:
                     finite = None
             if name == mon.classification_output:
-                self._scores(parts)
+                self._scores(parts, flat)
             hist = self._values.get(name)
             if hist is not None:
                 hist.observe_array(flat if finite is None else flat[finite])
 
-    def _scores(self, parts: list[np.ndarray]) -> None:
+    def _scores(self, parts: list[np.ndarray], flat: np.ndarray | None = None) -> None:
+        """Classes and confidence of the rows of ``parts`` (``flat``: them joined, flattened)."""
         width = parts[0].shape[-1] if parts[0].ndim else 1
-        if any((p.shape[-1] if p.ndim else 1) != width for p in parts[1:]):
+        if len(parts) > 1 and any((p.shape[-1] if p.ndim else 1) != width for p in parts):
             for part in parts:  # a dynamic class dimension that differs between requests
                 self._scores([part])
             return
-        rows = [p.reshape(-1, width) for p in parts]
-        scores = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        # each part's rows of ``width`` scores, in order: the joined flat array cut in rows
+        scores = (flat if flat is not None else parts[0]).reshape(-1, width)
         if scores.dtype.kind not in "fc":
             scores = scores.astype(np.float64)
         index = scores.argmax(axis=1)
@@ -149,20 +149,29 @@ class OutputCollector(Collector):
         self,
         registry: CollectorRegistry,
         *,
-        interval: float = 0.05,
+        interval: float = 1.0,
         max_pending: int = 65536,
         max_pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._interval = interval
         self._max_pending = max_pending
         self._max_bytes = max_pending_bytes
-        self._queue: list[tuple[OutputStats, Outputs]] = []
+        # a queue this long (or this heavy) wakes the thread before its interval is up
+        self._wake_pending = max(1, max_pending // 4)
+        self._wake_bytes = max_pending_bytes // 4
+        # queued outputs per model version: appending a request's outputs (a dict of
+        # arrays, which the garbage collector does not track) creates no tracked object, so
+        # a second's worth of queued requests never reaches (and triggers) full collections
+        self._queue: dict[OutputStats, list[Outputs]] = {}
+        self._queued = 0
         self._pending_bytes = 0
         self._dropped = 0
+        self._idle = False  # the thread sleeps until a request comes (guarded by _queue_lock)
         self._queue_lock = threading.Lock()
         self._analyse_lock = threading.Lock()  # held while state changes or is read
         self._stats: dict[tuple[str, str], OutputStats] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         # histogram families whose children this collector creates and collects
         self.confidence = ArrayHistogram(
@@ -213,18 +222,30 @@ class OutputCollector(Collector):
             if array is not None:
                 size += array.nbytes
         with self._queue_lock:
-            full = len(self._queue) >= self._max_pending
-            if full or self._pending_bytes + size > self._max_bytes:
+            held, queued = self._pending_bytes, self._queued
+            if queued >= self._max_pending or held + size > self._max_bytes:
                 self._dropped += 1
                 return
-            self._queue.append((stats, outputs))
-            self._pending_bytes += size
+            batch = self._queue.get(stats)
+            if batch is None:
+                batch = self._queue[stats] = []
+            batch.append(outputs)
+            self._queued = queued + 1
+            self._pending_bytes = held + size
+            wake = (
+                self._idle
+                or queued + 1 == self._wake_pending
+                or held < self._wake_bytes <= held + size
+            )
+            self._idle = False
+        if wake:
+            self._wake.set()
 
     @property
     def pending(self) -> int:
         """Requests queued and not yet analysed."""
         with self._queue_lock:
-            return len(self._queue)
+            return self._queued
 
     # ------------------------------------------------------------------ analysis
 
@@ -232,11 +253,8 @@ class OutputCollector(Collector):
         """Analyse everything queued so far (the worker's loop and every scrape call it)."""
         with self._analyse_lock:
             with self._queue_lock:
-                items, self._queue = self._queue, []
-                self._pending_bytes = 0
-            groups: dict[OutputStats, list[Outputs]] = {}
-            for stats, outputs in items:
-                groups.setdefault(stats, []).append(outputs)
+                groups, self._queue = self._queue, {}
+                self._queued = self._pending_bytes = 0
             for stats, batch in groups.items():
                 try:
                     stats.analyse(batch)
@@ -256,12 +274,30 @@ class OutputCollector(Collector):
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
+            self._wake.set()
             thread.join(10)
         self.drain()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        """Sleep until a request is queued, give others ``interval`` to join it, drain."""
+        while not self._stop.is_set():
+            with self._queue_lock:
+                self._idle = not self._queue
+                idle = self._idle
+            if idle:
+                self._wake.wait()  # submit wakes it; so does stop
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
+            if not self._full():
+                self._wake.wait(self._interval)  # early: a quarter full, or stop
+                self._wake.clear()
             self.drain()
+
+    def _full(self) -> bool:
+        """A quarter of the queue's bound is used: time to drain, not to wait."""
+        with self._queue_lock:
+            return self._queued >= self._wake_pending or self._pending_bytes >= self._wake_bytes
 
     # ------------------------------------------------------------------ scrape
 

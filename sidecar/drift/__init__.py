@@ -28,7 +28,7 @@ from exporters.drift import DriftCollector
 from sidecar.config import DriftMonitoringConfig
 from sidecar.drift.features import input_features, output_features
 from sidecar.drift.reference import bind_reference, read_reference
-from sidecar.drift.worker import DriftWorker, Priority
+from sidecar.drift.worker import DEFAULT_INTERVAL, DriftWorker, Priority
 from sidecar.errors import ModelLoadError
 from sidecar.events import BaseListener, RequestRecord
 from sidecar.models import ServedModel
@@ -65,7 +65,7 @@ class DriftMonitoring(BaseListener):
         self,
         registry: CollectorRegistry,
         *,
-        interval: float = 0.05,
+        interval: float = DEFAULT_INTERVAL,
         priority: Priority = "idle",
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
@@ -273,5 +273,5 @@ class DriftMonitoring(BaseListener):
         if record.code != "OK" or record.inputs is None:
             return
         monitor = self._active.get(record.model)  # type: ignore[arg-type]
-        if monitor is not None:
-            monitor.offer(record.inputs, record.outputs, record.rows)
+        if monitor is not None and monitor.offer(record.inputs, record.outputs, record.rows):
+            self.worker.wake()

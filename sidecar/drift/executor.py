@@ -42,9 +42,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from detectors.drift import DriftConfig, DriftDetector, DriftResult
+from detectors.drift import DriftConfig, DriftDetector, WindowScores
 from detectors.reference import Reference
-from exporters.drift import Evaluation, FeatureValue
+from exporters.drift import Evaluation
 from sidecar.drift.worker import Priority, lower_priority
 
 log = logging.getLogger(__name__)
@@ -99,30 +99,45 @@ class Outcome:
     drifted_features: tuple[str, ...] = ()
 
 
+#: Columns of an Evaluation besides the tests and distances: the per-feature p-values.
+COMBINED_COLUMNS = ("combined", "adjusted")
+
+
 def evaluation_of(
-    result: DriftResult, exported: frozenset[str], seconds: float, at: float
+    scores: WindowScores, exported: frozenset[str], seconds: float, at: float
 ) -> Evaluation:
-    """The exporter's view of a detector result: plain numbers, exported features only."""
-    values: list[FeatureValue] = []
-    for feature in result.features:
-        if feature.name not in exported:
-            continue
-        for test in feature.tests:
-            if test.statistic is not None or test.p_value is not None:
-                values.append(FeatureValue(feature.name, test.test, test.statistic, test.p_value))
-        if feature.combined_p is not None:
-            values.append(FeatureValue(feature.name, "combined", None, feature.combined_p))
-        if feature.adjusted_p is not None:
-            values.append(FeatureValue(feature.name, "adjusted", None, feature.adjusted_p))
+    """The exporter's view of a window's scores: plain numbers, exported features only.
+
+    Per exported feature: each test that gave a p-value (statistic and p-value),
+    each defined distance of a feature that was tested (statistic), and the
+    combined and adjusted p-values of an evaluated feature; NaN elsewhere.
+    Arrays, not objects: the exporter reads them at scrape time.
+    """
+    index = [f for f, name in enumerate(scores.feature_names) if name in exported]
+    n_tests, n_distances = len(scores.tests), len(scores.distances)
+    columns = (*scores.tests, *scores.distances, *COMBINED_COLUMNS)
+    statistics = np.full((len(index), len(columns)), np.nan)
+    p_values = np.full((len(index), len(columns)), np.nan)
+    statistics[:, :n_tests] = scores.statistics[index]
+    p_values[:, :n_tests] = scores.p_values[index]
+    tested = np.asarray(scores.ran[index].any(axis=1), dtype=np.bool_)
+    statistics[:, n_tests : n_tests + n_distances] = np.where(
+        tested[:, None], scores.distance_values[index], np.nan
+    )
+    p_values[:, -2] = scores.combined[index]
+    p_values[:, -1] = scores.adjusted[index]
     return Evaluation(
-        drifted=result.drifted,
-        features_drifted=result.n_drifted,
-        features_skipped=result.n_skipped,
-        window_rows=result.n_window,
-        nonfinite_rows=result.n_nonfinite_rows_excluded,
+        drifted=scores.drifted,
+        features_drifted=scores.n_drifted,
+        features_skipped=scores.n_skipped,
+        window_rows=scores.n_window,
+        nonfinite_rows=scores.n_nonfinite_rows_excluded,
         duration_seconds=seconds,
         timestamp=at,
-        values=tuple(values),
+        features=tuple(scores.feature_names[f] for f in index),
+        columns=columns,
+        statistics=statistics,
+        p_values=p_values,
     )
 
 
@@ -136,19 +151,19 @@ def score_window(
     outcomes: list[Outcome] = []
     for detector, spec, buffer in zip(detectors, specs, buffers, strict=True):
         started = time.perf_counter()
-        result = detector.score(buffer[:n])
+        scores = detector.scores(buffer[:n])
         seconds = time.perf_counter() - started
-        if not result.evaluated:
+        if not scores.evaluated:
             outcomes.append(Outcome(spec.name, False, None))
             break
         outcomes.append(
             Outcome(
                 spec.name,
                 True,
-                evaluation_of(result, spec.exported, seconds, time.time()),
-                result.n_drifted,
-                result.n_features,
-                result.drifted_features[:LOGGED_FEATURES],
+                evaluation_of(scores, spec.exported, seconds, time.time()),
+                scores.n_drifted,
+                scores.n_features,
+                scores.drifted_features[:LOGGED_FEATURES],
             )
         )
     return outcomes

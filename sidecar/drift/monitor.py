@@ -4,7 +4,8 @@ The request path calls :meth:`ModelMonitor.offer` (through the tap listener):
 a sampling draw, a bounds check and a list append under a lock, whatever the
 request's size. Everything else happens on the drift worker thread
 (:class:`DriftWorker`), which calls :meth:`ModelMonitor.process` every
-``interval`` seconds:
+``interval`` seconds (one by default) while rows are queued, sooner when half
+the queue is full, and not at all while nothing is pending:
 
 1. take the queued requests (one list swap);
 2. while capturing a reference, keep rows until ``capture_rows``, write the
@@ -23,11 +24,13 @@ evaluated: ``sidecar_drift_windows_skipped_total{reason="too_few_rows"}``.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -134,23 +137,57 @@ class FleetBins:
             tuple(categorical),
         )
 
-    def count(self, rows: np.ndarray) -> np.ndarray:
-        """Per layout feature and bin, the finite values of ``rows`` (n, F) in that bin."""
+    @cached_property
+    def _ordered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ordered (not categorical) layout features at once: their positions in the
+        layout, their columns, and the lower bound of each of their exported bins after
+        the first (``+inf`` padding), from the reference edges and the merge mapping."""
         layout = self.layout
-        out = np.zeros((len(layout.features), layout.widest), dtype=np.int64)
+        positions = [i for i, cat in enumerate(self.categorical) if not cat]
+        lower = np.full((len(positions), max(layout.widest - 1, 0)), np.inf)
+        for row, i in enumerate(positions):
+            mapping, edges = self.mapping[i], self.edges[i]
+            # exported bin j >= 1 starts at the edge before its first reference bin
+            # (merged bins are runs of adjacent reference bins: mapping is non-decreasing)
+            first = np.flatnonzero(np.diff(mapping)) + 1
+            lower[row, : first.size] = edges[first - 1]
+        columns = np.asarray([self.columns[i] for i in positions], dtype=np.intp)
+        return np.asarray(positions, dtype=np.intp), columns, lower
+
+    def count(self, rows: np.ndarray) -> np.ndarray:
+        """Per layout feature and bin, the finite values of ``rows`` (n, F) in that bin.
+
+        Ordered features are counted together, a few numpy calls per bin boundary
+        for all of them and every row (a value's bin is the number of bin lower
+        bounds it reaches); categorical ones one by one.
+        """
+        layout = self.layout
+        width = layout.widest
+        out = np.zeros((len(layout.features), width), dtype=np.int64)
+        positions, columns, lower = self._ordered
+        if positions.size:
+            offsets = np.arange(positions.size, dtype=np.intp) * width
+            counts = np.zeros(positions.size * width, dtype=np.int64)
+            for start in range(0, rows.shape[0], COUNT_CHUNK_ROWS):
+                x = rows[start : start + COUNT_CHUNK_ROWS, columns]
+                index = np.broadcast_to(offsets, x.shape).copy()
+                for j in range(lower.shape[1]):
+                    index += x >= lower[:, j]
+                finite = np.isfinite(x)
+                counts += np.bincount(index[finite], minlength=counts.size)
+            out[positions] = counts.reshape(positions.size, width)
         for i, f in enumerate(self.columns):
+            if not self.categorical[i]:
+                continue
             col = rows[:, f]
             col = col[np.isfinite(col)]
             if not col.size:
                 continue
             edges = self.edges[i]
-            if self.categorical[i]:
-                pos = np.searchsorted(edges, col)
-                hit = pos < edges.size
-                hit[hit] = edges[pos[hit]] == col[hit]
-                raw = np.where(hit, pos, edges.size)
-            else:
-                raw = np.searchsorted(edges, col, side="right")
+            pos = np.searchsorted(edges, col)
+            hit = pos < edges.size
+            hit[hit] = edges[pos[hit]] == col[hit]
+            raw = np.where(hit, pos, edges.size)
             k = len(layout.reference_ratios[i])
             out[i, :k] = np.bincount(self.mapping[i][raw], minlength=k)
         return out
@@ -225,10 +262,16 @@ def _split(item: _Item, k: int) -> tuple[_Item, _Item]:
 # --------------------------------------------------------------------------- the monitor
 
 
+#: Rows counted into the fleet bins per numpy pass (bounds the temporary arrays).
+COUNT_CHUNK_ROWS = 4096
+
 #: Fleet bin counters are updated once this many rows were taken, or ...
 FLEET_BATCH_ROWS = 1024
 #: ... once this many seconds passed since the last update (what a scrape may lag).
 FLEET_MAX_DELAY = 1.0
+
+#: Rounds of the worker per ``flush_seconds`` at least (so a window is flushed on time).
+ROUNDS_PER_FLUSH = 4
 
 #: Seconds before the first retry of writing a captured reference; doubled after each failure.
 CAPTURE_RETRY_FIRST = 1.0
@@ -270,11 +313,18 @@ class ModelMonitor:
         self._closed = False
         # request path state (guarded by _lock)
         self._lock = threading.Lock()
-        self._queue: list[_Item] = []
+        # each queued request's inputs, outputs (dicts of arrays, which the garbage collector
+        # does not track) and rows, in three lists: queuing creates no tracked object, so
+        # rows waiting a second for the worker never reach (and trigger) full collections
+        self._queue: list[Tensors] = []
+        self._queue_outputs: list[Tensors | None] = []
+        self._queue_rows: list[int] = []
         self._queued_rows = 0
         self._dropped_rows = 0
         self._rate = config.sample_rate
         self._random = random.Random(f"{model}/{version}").random  # noqa: S311 - sampling, not security
+        self._wake_rows = max(1, config.queue_rows // 2)  # queued rows that wake the worker
+        self._asleep = False  # the worker may sleep past its interval: the next offer wakes it
         # window state (worker thread only)
         self._filled = 0
         self._window_started = 0.0
@@ -348,18 +398,48 @@ class ModelMonitor:
 
     # ------------------------------------------------------------------ request path
 
-    def offer(self, inputs: Tensors, outputs: Tensors | None, rows: int) -> None:
-        """Queue one answered request's tensors (O(1): no numpy, no copy)."""
+    def offer(self, inputs: Tensors, outputs: Tensors | None, rows: int) -> bool:
+        """Queue one answered request's tensors (O(1): no numpy, no copy).
+
+        True when this request filled half the queue: the worker should not
+        wait for its next round.
+        """
         if rows <= 0:
-            return
+            return False
         if self._capture is None and self._rate < 1.0 and self._random() >= self._rate:
-            return
+            return False
         with self._lock:
-            if self._queued_rows + rows > self.config.queue_rows:
+            queued = self._queued_rows
+            if queued + rows > self.config.queue_rows:
                 self._dropped_rows += rows
-                return
-            self._queue.append(_Item(inputs, outputs, rows))
-            self._queued_rows += rows
+                return False
+            self._queue.append(inputs)
+            self._queue_outputs.append(outputs)
+            self._queue_rows.append(rows)
+            self._queued_rows = queued + rows
+            asleep, self._asleep = self._asleep, False
+        return asleep or queued < self._wake_rows <= queued + rows
+
+    def wait_limit(self) -> float | None:
+        """How long the worker may wait before this monitor needs a round (worker thread).
+
+        ``math.inf``: rows are waiting, the worker's own interval applies (or a
+        fraction of ``flush_seconds`` when that is shorter). Otherwise the time
+        until a due flush or reference write, or None when nothing is pending at
+        all; either way the next ``offer`` then wakes the worker.
+        """
+        flush = self.config.flush_seconds
+        with self._lock:
+            if self._queue or self._uncounted_rows:
+                return math.inf if flush is None else flush / ROUNDS_PER_FLUSH
+            self._asleep = True
+        now = self._monotonic()
+        due: list[float] = []
+        if self._unsaved is not None:
+            due.append(self._retry_at - now)
+        if flush is not None and self._filled:
+            due.append(self._window_started + flush - now)
+        return max(0.0, min(due)) if due else None
 
     @property
     def queued_rows(self) -> int:
@@ -372,19 +452,23 @@ class ModelMonitor:
     def process(self) -> None:
         """Take what was queued, fill windows, evaluate the full (or due) ones."""
         with self._lock:
-            items, self._queue = self._queue, []
+            inputs, self._queue = self._queue, []
+            outputs, self._queue_outputs = self._queue_outputs, []
+            rows, self._queue_rows = self._queue_rows, []
             self._queued_rows = 0
         if self._closed:
             return
-        if items and self._capture is not None:
-            items = self._take_capture(items)
+        if inputs and self._capture is not None:
+            queued = zip(inputs, outputs, rows, strict=True)
+            items = self._take_capture([_Item(*item) for item in queued])
+            inputs, outputs = [i.inputs for i in items], [i.outputs for i in items]
         now = self._monotonic()
         if self._unsaved is not None and now >= self._retry_at:
             self._save_captured(now)
         if not self._scopes:
             return
-        if items:
-            self._add(items, now)
+        if inputs:
+            self._add(inputs, outputs, now)
         if self._uncounted_rows and (
             self._uncounted_rows >= FLEET_BATCH_ROWS or now - self._counted_at >= FLEET_MAX_DELAY
         ):
@@ -393,15 +477,16 @@ class ModelMonitor:
         if flush is not None and self._filled and now - self._window_started >= flush:
             self._close()
 
-    def _add(self, items: list[_Item], now: float) -> None:
-        if len(self._scopes) > 1:  # outputs are watched: rows need both (OK requests have them)
-            items = [i for i in items if i.outputs is not None]
-            if not items:
+    def _add(self, inputs: list[Tensors], outputs: list[Tensors | None], now: float) -> None:
+        if len(self._scopes) > 1 and None in outputs:  # outputs are watched: rows need both
+            both = [(i, o) for i, o in zip(inputs, outputs, strict=True) if o is not None]
+            inputs, outputs = [i for i, _ in both], [o for _, o in both]
+            if not inputs:
                 return
         blocks: list[np.ndarray] = []
         for scope in self._scopes:
-            tensors = [i.inputs if scope.name == "inputs" else i.outputs for i in items]
-            rows = scope.features.rows([t for t in tensors if t is not None])
+            tensors = inputs if scope.name == "inputs" else [o for o in outputs if o is not None]
+            rows = scope.features.rows(tensors)
             if scope.fleet is not None:
                 scope.uncounted.append(rows)
             blocks.append(rows)

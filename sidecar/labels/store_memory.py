@@ -10,6 +10,13 @@ A shadow prediction replaces its pending primary entry by one that carries
 both (same key, same place in the order); a remembered key keeps the label
 it was taken with, so a shadow prediction that comes after the label is
 counted once.
+
+Entries are kept as plain tuples of strings and numbers (``tuple(prediction)``,
+``_Done``'s fields), not as named tuples: CPython's garbage collector stops
+tracking such tuples after their first collection, so up to ``max_entries``
+held predictions add nothing to every full collection's walk (with named tuples
+a million entries made each one take a large fraction of a second, on whichever
+thread triggered it, usually the event loop's).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from exporters.labels import LOCAL_STORE
 from sidecar.labels.types import (
@@ -32,15 +39,31 @@ from sidecar.labels.types import (
 )
 
 _Key = tuple[str, int]
+#: A pending prediction: the fields of a StoredPrediction, in its order, as a plain tuple.
+_Row = tuple[str, int, str, str, float, float, float, str, float]
+_MODEL: Final = 2
+_VERSION: Final = 3
+_TIME: Final = 5
+_EXPIRES: Final = 6
+_SHADOW_VERSION: Final = 7
 
 
 class _Done(NamedTuple):
+    """A remembered key (stored as a plain tuple of these fields: see the module docstring)."""
+
     model: str
-    found: Found  # DUPLICATE (was labelled) or EXPIRED
+    labelled: bool  # True: DUPLICATE (it was labelled); False: EXPIRED
     forget_at: float
     version: str  # the version that made the prediction
     actual: float  # the label it was taken with (NaN when it expired)
     shadowed: bool  # a shadow prediction of the key was counted with (or after) the label
+
+    @property
+    def found(self) -> Found:
+        return Found.DUPLICATE if self.labelled else Found.EXPIRED
+
+
+_DoneRow = tuple[str, bool, float, str, float, bool]
 
 
 class MemoryStore:
@@ -53,9 +76,9 @@ class MemoryStore:
     def __init__(self, max_entries: int, remember_seconds: float) -> None:
         self._max = max_entries
         self._remember = remember_seconds
-        self._pending: dict[str, OrderedDict[_Key, StoredPrediction]] = {}
+        self._pending: dict[str, OrderedDict[_Key, _Row]] = {}
         self._pending_total = 0
-        self._done: OrderedDict[_Key, _Done] = OrderedDict()
+        self._done: OrderedDict[_Key, _DoneRow] = OrderedDict()
 
     def __len__(self) -> int:
         """Keys held: pending predictions plus remembered keys (never above max_entries)."""
@@ -70,26 +93,32 @@ class MemoryStore:
         self._done.clear()
         self._pending_total = 0
 
-    def _discard(self, key: _Key) -> None:
-        if self._done.pop(key, None) is not None:
-            return
-        for pending in self._pending.values():
-            if pending.pop(key, None) is not None:
-                self._pending_total -= 1
-                return
+    def _remember_key(self, key: _Key, done: _Done) -> None:
+        self._done[key] = tuple(done)  # type: ignore[assignment]
 
     def put(self, rows: Sequence[StoredPrediction], now: float) -> PutResult:
         """Store each row; evict to stay within max_entries."""
         evicted: Counter[str] = Counter()
+        done, every = self._done, self._pending
+        pending: OrderedDict[_Key, _Row] | None = None
+        model = None
         for row in rows:
             key = (row.request_id, row.row)
-            self._discard(key)
-            pending = self._pending.get(row.model)
-            if pending is None:
-                pending = self._pending[row.model] = OrderedDict()
-            pending[key] = row
+            if done and done.pop(key, None) is not None:  # a key stored again is replaced
+                pass
+            else:
+                for held in every.values():
+                    if held.pop(key, None) is not None:
+                        self._pending_total -= 1
+                        break
+            if row.model != model or pending is None:
+                model = row.model
+                pending = every.get(model)
+                if pending is None:
+                    pending = every[model] = OrderedDict()
+            pending[key] = tuple(row)  # type: ignore[assignment]
             self._pending_total += 1
-            while len(self) > self._max:
+            while self._pending_total + len(done) > self._max:
                 self._evict_one(evicted)
         return PutResult(dict(evicted))
 
@@ -97,17 +126,17 @@ class MemoryStore:
         if self._done:
             self._done.popitem(last=False)
             return
-        oldest: OrderedDict[_Key, StoredPrediction] | None = None
+        oldest: OrderedDict[_Key, _Row] | None = None
         oldest_time = 0.0
         for pending in self._pending.values():
             if pending:
                 first = next(iter(pending.values()))
-                if oldest is None or first.time < oldest_time:
-                    oldest, oldest_time = pending, first.time
+                if oldest is None or first[_TIME] < oldest_time:
+                    oldest, oldest_time = pending, first[_TIME]
         assert oldest is not None  # len(self) > max_entries >= 1
         _, row = oldest.popitem(last=False)
         self._pending_total -= 1
-        evicted[row.model] += 1
+        evicted[row[_MODEL]] += 1
 
     def attach(self, rows: Sequence[ShadowRow], now: float) -> AttachResult:
         """Put each shadow prediction into its primary's entry, or return it with its label."""
@@ -118,28 +147,27 @@ class MemoryStore:
             key = (row.request_id, row.row)
             pending = self._pending.get(row.model)
             primary = pending.get(key) if pending is not None else None
-            if pending is not None and primary is not None and primary.version == row.version:
-                pending[key] = primary._replace(
-                    shadow_version=row.shadow_version, shadow_value=row.value
-                )
+            if pending is not None and primary is not None and primary[_VERSION] == row.version:
+                pending[key] = (*primary[:_SHADOW_VERSION], row.shadow_version, row.value)
                 attached.append(row)
                 continue
-            done = self._done.get(key)
+            remembered = self._done.get(key)
+            done = _Done._make(remembered) if remembered is not None else None
             if (
                 done is not None
-                and done.found is Found.DUPLICATE
+                and done.labelled
                 and done.model == row.model
                 and done.version == row.version
                 and not done.shadowed
                 and not math.isnan(done.actual)
             ):
-                self._done[key] = done._replace(shadowed=True)  # keeps its place in the order
+                self._remember_key(key, done._replace(shadowed=True))  # keeps its place
                 labelled.append((row, done.actual))
                 continue
             orphaned[row.model] += 1
         return AttachResult(attached, labelled, dict(orphaned))
 
-    def _find_pending(self, key: _Key) -> StoredPrediction | None:
+    def _find_pending(self, key: _Key) -> _Row | None:
         for pending in self._pending.values():
             row = pending.get(key)
             if row is not None:
@@ -151,36 +179,41 @@ class MemoryStore:
         results: list[TakeResult] = []
         for lookup in lookups:
             key = (lookup.request_id, lookup.row)
-            done = self._done.get(key)
-            if done is not None:
+            remembered = self._done.get(key)
+            if remembered is not None:
+                done = _Done._make(remembered)
                 if done.model != lookup.model:
                     results.append(TakeResult(Found.WRONG_MODEL, other_model=done.model))
                 else:
                     results.append(TakeResult(done.found))
                 continue
             pending = self._pending.get(lookup.model)
-            row = pending.get(key) if pending is not None else None
-            if row is None or pending is None:
+            held = pending.get(key) if pending is not None else None
+            if held is None or pending is None:
                 other = self._find_pending(key)
                 if other is not None:
-                    results.append(TakeResult(Found.WRONG_MODEL, other_model=other.model))
+                    results.append(TakeResult(Found.WRONG_MODEL, other_model=other[_MODEL]))
                 elif lookup.row > 0 and self._known((lookup.request_id, 0)):
                     results.append(TakeResult(Found.BAD_ROW))
                 else:
                     results.append(TakeResult(Found.UNKNOWN))
                 continue
+            row = StoredPrediction._make(held)
             if row.expires <= now:  # the next sweep moves and counts it
                 results.append(TakeResult(Found.EXPIRED))
                 continue
             del pending[key]
             self._pending_total -= 1
-            self._done[key] = _Done(
-                row.model,
-                Found.DUPLICATE,
-                now + self._remember,
-                row.version,
-                lookup.actual,
-                bool(row.shadow_version),
+            self._remember_key(
+                key,
+                _Done(
+                    row.model,
+                    True,
+                    now + self._remember,
+                    row.version,
+                    lookup.actual,
+                    bool(row.shadow_version),
+                ),
             )
             results.append(TakeResult(Found.MATCHED, row))
         return results
@@ -194,17 +227,17 @@ class MemoryStore:
         for model, pending in self._pending.items():
             while pending:
                 key, row = next(iter(pending.items()))
-                if row.expires > now:
+                if row[_EXPIRES] > now:
                     break
                 del pending[key]
                 self._pending_total -= 1
-                self._done[key] = _Done(
-                    model, Found.EXPIRED, now + self._remember, row.version, math.nan, False
+                self._remember_key(
+                    key, _Done(model, False, now + self._remember, row[_VERSION], math.nan, False)
                 )
                 expired[model] += 1
         while self._done:
-            key, done = next(iter(self._done.items()))
-            if done.forget_at > now:
+            key, remembered = next(iter(self._done.items()))
+            if _Done._make(remembered).forget_at > now:
                 break
             del self._done[key]
         counts = {model: len(self._pending.get(model, ())) for model in models}

@@ -2,10 +2,14 @@
 
 The request path only appends to a bounded in-memory queue (``submit``: a
 lock, a length check, an append). Every ``flush_interval_ms`` the worker turns
-the queued requests into one row per prediction (argmax for classifiers) and
-writes them in one store call. Label batches (``join``) wake the worker at
-once; it first flushes what is queued, so a label never misses a prediction
-that was answered before it was sent, then runs the join. Every
+the queued requests into one row per prediction (argmax for classifiers, one
+numpy call for all the queued requests of a model that fit together) and
+writes them in one store call. When a flush found nothing queued, the worker
+sleeps until the next sweep or the next prediction, which is then written
+``flush_interval_ms`` after it came: an idle server does not wake it ten
+times a second. Label batches (``join``) wake the worker at once; it first
+flushes what is queued, so a label never misses a prediction that was
+answered before it was sent, then runs the join. Every
 ``sweep_interval_seconds`` it expires predictions and refreshes the pending
 gauge.
 
@@ -60,6 +64,13 @@ class _Queued:
     shadow_version: str = ""  # set: the shadow version's prediction of a request
 
 
+#: A queued request as the request path leaves it: ``_Queued``'s fields, the spec as its
+#: index in the worker's list of specs. Strings, numbers and an array only, so the garbage
+#: collector stops tracking it at once: predictions waiting for the flush never reach (and
+#: trigger) full collections. The worker makes ``_Queued`` of them when it flushes.
+_Entry = tuple[str, int, str, np.ndarray, int, float, str]
+
+
 _Take = tuple[Sequence[Label], "concurrent.futures.Future[list[LabelOutcome]]"]
 
 
@@ -82,10 +93,14 @@ class StoreWorker:
         self._sweep_interval = config.sweep_interval_seconds
         self._max_rows = config.queue_rows
         self._lock = threading.Lock()
-        self._queue: list[_Queued] = []
+        self._queue: list[_Entry] = []
+        # the specs of the queued entries (held: their ids stay unique), by id(spec)
+        self._specs: list[ModelSpec] = []
+        self._spec_index: dict[int, int] = {}
         self._queued_rows = 0
         self._takes: list[_Take] = []
         self._wake = threading.Event()
+        self._idle = False  # asleep with nothing queued: the next prediction wakes it
         self._stopping = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -112,10 +127,18 @@ class StoreWorker:
         """Queue one answered request's predictions (O(1); drops when the queue is full)."""
         with self._lock:
             if self._queued_rows + rows <= self._max_rows and not self._closed:
-                self._queue.append(_Queued(request_id, spec, version, output, rows, t))
+                index = self._spec_index.get(id(spec))
+                if index is None:
+                    index = self._index(spec)
+                self._queue.append((request_id, index, version, output, rows, t, ""))
                 self._queued_rows += rows
-                return
-        self._metrics.dropped_rows(spec.name, "queue_full", rows)
+                idle, self._idle = self._idle, False
+            else:
+                idle = None
+        if idle is None:
+            self._metrics.dropped_rows(spec.name, "queue_full", rows)
+        elif idle:
+            self._wake.set()
 
     def submit_shadow(
         self,
@@ -130,12 +153,24 @@ class StoreWorker:
         """Queue a shadow version's predictions of a request answered by ``version`` (O(1))."""
         with self._lock:
             if self._queued_rows + rows <= self._max_rows and not self._closed:
-                self._queue.append(
-                    _Queued(request_id, spec, version, output, rows, t, shadow_version)
-                )
+                index = self._spec_index.get(id(spec))
+                if index is None:
+                    index = self._index(spec)
+                self._queue.append((request_id, index, version, output, rows, t, shadow_version))
                 self._queued_rows += rows
-                return
-        self._metrics.dropped_rows(spec.name, "queue_full", rows)
+                idle, self._idle = self._idle, False
+            else:
+                idle = None
+        if idle is None:
+            self._metrics.dropped_rows(spec.name, "queue_full", rows)
+        elif idle:
+            self._wake.set()
+
+    def _index(self, spec: ModelSpec) -> int:
+        """Register a spec seen for the first time (under ``_lock``)."""
+        self._specs.append(spec)
+        index = self._spec_index[id(spec)] = len(self._specs) - 1
+        return index
 
     async def join(self, labels: Sequence[Label]) -> list[LabelOutcome]:
         """Join a batch of labels on the worker thread; StoreUnavailableError if it cannot."""
@@ -174,11 +209,16 @@ class StoreWorker:
 
     def _run(self) -> None:
         monotonic = time.monotonic
-        next_flush = monotonic() + self._flush_interval
+        next_flush: float | None = None  # None: nothing queued, no flush due
         next_sweep = monotonic() + self._sweep_interval
         try:
             while True:
-                wait = min(next_flush, next_sweep) - monotonic()
+                with self._lock:
+                    if next_flush is None and self._queue:  # came since the last flush
+                        next_flush = monotonic() + self._flush_interval
+                    self._idle = next_flush is None and not self._takes and not self._stopping
+                deadline = next_sweep if next_flush is None else min(next_flush, next_sweep)
+                wait = deadline - monotonic()
                 if wait > 0:
                     self._wake.wait(wait)
                 self._wake.clear()
@@ -187,10 +227,11 @@ class StoreWorker:
                     stopping = self._stopping
                     if stopping:
                         self._closed = True
+                    self._idle = False
                 now = monotonic()
-                if takes or stopping or now >= next_flush:
+                if takes or stopping or (next_flush is not None and now >= next_flush):
                     self._guarded(self.flush)
-                    next_flush = now + self._flush_interval
+                    next_flush = None
                 for labels, future in takes:
                     self._answer(labels, future)
                 if stopping:
@@ -215,31 +256,37 @@ class StoreWorker:
     def flush(self) -> None:
         """Write every queued prediction in one store call (worker thread only)."""
         with self._lock:
-            queue, self._queue = self._queue, []
+            entries, self._queue = self._queue, []
             self._queued_rows = 0
-        if not queue:
+            specs = self._specs
+            if entries:  # the indexes start again with the next queue (bounded by models)
+                self._specs, self._spec_index = [], {}
+        if not entries:
             return
         rows: list[StoredPrediction] = []
         shadows: list[ShadowRow] = []
         recorded: Counter[tuple[str, str]] = Counter()
-        for item in queue:
-            values = self._values(item)
-            if item.shadow_version:
+        add = rows.append
+        all_values = self._all_values(entries, specs)
+        for (request_id, index, version, _, _, t, shadow), values in zip(
+            entries, all_values, strict=True
+        ):
+            spec = specs[index]
+            if shadow:
                 shadows.extend(
-                    ShadowRow(
-                        item.request_id, row, item.spec.name, item.version, item.shadow_version, v
-                    )
+                    ShadowRow(request_id, row, spec.name, version, shadow, v)
                     for row, v in enumerate(values)
                 )
                 continue
-            expires = item.time + item.spec.ttl_seconds
-            rows.extend(
-                StoredPrediction(
-                    item.request_id, row, item.spec.name, item.version, v, item.time, expires
+            expires = t + spec.ttl_seconds
+            if len(values) == 1:  # the common case: one row per request
+                add(StoredPrediction(request_id, 0, spec.name, version, values[0], t, expires))
+            else:
+                rows.extend(
+                    StoredPrediction(request_id, row, spec.name, version, v, t, expires)
+                    for row, v in enumerate(values)
                 )
-                for row, v in enumerate(values)
-            )
-            recorded[(item.spec.name, item.version)] += len(values)
+            recorded[(spec.name, version)] += len(values)
         started = time.perf_counter()
         if rows:
             self._put(rows, recorded)
@@ -278,6 +325,49 @@ class StoreWorker:
             self._metrics.dropped_rows(model, "no_primary", n)
         for row, actual in result.labelled:
             self._joiner.score_shadow(row, actual)
+
+    def _all_values(
+        self, entries: Sequence[_Entry], specs: Sequence[ModelSpec]
+    ) -> list[list[float]]:
+        """``_values`` of every entry, one numpy call per output layout.
+
+        The entries whose output is a plain ``(rows, width)`` table are joined by
+        (task, width, dtype) and reduced at once (argmax, or the value); any
+        other shape goes through ``_values`` alone. Same values either way.
+        """
+        out: list[list[float] | None] = [None] * len(entries)
+        groups: dict[tuple[object, ...], list[int]] = {}
+        key: tuple[object, ...] = ()
+        members: list[int] = []
+        for i, (request_id, index, version, output, rows, t, shadow) in enumerate(entries):
+            shape = output.shape
+            task = specs[index].task
+            if (
+                len(shape) != 2
+                or shape[0] != rows
+                or shape[1] == 0
+                or (task == "regression" and shape[1] != 1)
+            ):  # reshaped, or logged and skipped
+                item = _Queued(request_id, specs[index], version, output, rows, t, shadow)
+                out[i] = self._values(item)
+                continue
+            if key != (task, shape[1], output.dtype):  # usually the same as the entry before
+                key = (task, shape[1], output.dtype)
+                members = groups.setdefault(key, [])
+            members.append(i)
+        for (kind, _, _), members in groups.items():
+            tables = [entries[i][3] for i in members]
+            table = tables[0] if len(tables) == 1 else np.concatenate(tables)
+            if kind == "classification":
+                flat: list[float] = np.argmax(table, axis=1).astype(np.float64).tolist()
+            else:
+                flat = table[:, 0].astype(np.float64).tolist()
+            start = 0
+            for i in members:
+                end = start + entries[i][4]
+                out[i] = flat[start:end]
+                start = end
+        return [values if values is not None else [] for values in out]
 
     def _values(self, item: _Queued) -> list[float]:
         """One prediction per row (argmax for classifiers); [] when the output does not fit."""

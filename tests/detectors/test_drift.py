@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
+from detectors.chi2 import bin_counts_sorted, merge_sparse_bins
 from detectors.drift import (
     DriftConfig,
     DriftDetector,
@@ -248,3 +250,92 @@ def test_arbitrary_small_data_never_crashes_or_yields_nan(
     res = DriftDetector(reference, cfg).score(np.array(win, dtype=float).reshape(-1, 3))
     assert res.n_skipped + sum(f.combined_p is not None for f in res.features) == 3
     _assert_no_nan_anywhere(res)
+
+
+def _sparse_reference_and_windows() -> tuple[Reference, list[np.ndarray]]:
+    """Discrete and tied features whose rare values force bins to merge, and windows of
+    several sizes (the merges depend on the window size), some with NaN."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    values = np.arange(12.0)
+    skewed = 0.5 ** np.arange(12)
+    data = np.c_[
+        rng.choice(values, size=n, p=skewed / skewed.sum()),  # discrete, rare high values
+        rng.integers(0, 17, size=n),  # discrete, 17 values, even
+        np.round(rng.exponential(size=n), 1),  # continuous with ties, a long sparse tail
+        rng.normal(size=n),
+        rng.choice(values, size=n, p=skewed[::-1] / skewed.sum()),
+    ]
+    windows = []
+    for size, shift in ((400, 0.0), (150, 1.0), (400, 0.3), (1000, 0.0)):
+        w = np.c_[
+            rng.choice(values, size=size, p=skewed / skewed.sum()) + shift,
+            rng.integers(0, 17, size=size),
+            np.round(rng.exponential(size=size), 1),
+            rng.normal(size=size) + shift,
+            rng.choice(values, size=size, p=skewed[::-1] / skewed.sum()),
+        ]
+        windows.append(w)
+    windows[2][:90, 0] = np.nan  # another window size for one feature only
+    return Reference.fit(data, [f"f{i}" for i in range(5)]), windows
+
+
+def test_binned_chi2_equals_scipy_on_each_feature_s_merged_bins() -> None:
+    """The merges of sparse bins, applied to all features of a group at once and cached
+    per window size, give each feature the chi-squared of its own merged table."""
+    ref, windows = _sparse_reference_and_windows()
+    detector = DriftDetector(ref, DriftConfig(min_window=50))
+    merged_somewhere = False
+    for window in [*windows, *windows]:  # the second time from the caches
+        result = detector.score(window)
+        for f, feature in enumerate(result.features):
+            col = np.sort(window[:, f][np.isfinite(window[:, f])])
+            edges, counts = ref.bin_edges[f], ref.bin_counts[f]
+            mapping = merge_sparse_bins(counts, col.size)
+            merged_somewhere |= bool(mapping[-1] < counts.size - 1)
+            table = np.vstack(
+                [
+                    np.bincount(mapping, weights=counts),
+                    np.bincount(mapping, weights=bin_counts_sorted(col, edges)),
+                ]
+            )
+            chi2 = next(t for t in feature.tests if t.test == "chi2")
+            if table.shape[1] < 2:
+                assert chi2.p_value is None
+                continue
+            expected = stats.chi2_contingency(table, correction=False)
+            assert chi2.statistic == pytest.approx(expected.statistic, rel=1e-9)
+            assert chi2.p_value == pytest.approx(expected.pvalue, abs=1e-9)
+    assert merged_somewhere  # the case under test did occur
+
+
+def test_scores_are_the_numbers_of_the_result() -> None:
+    """``scores`` (arrays, what the server exports) and ``score`` (objects) agree exactly."""
+    ref, windows = _sparse_reference_and_windows()
+    for config in (DriftConfig(min_window=50), DriftConfig(min_window=200, combine="cauchy")):
+        detector = DriftDetector(ref, config)
+        for window in windows:
+            scores, result = detector.scores(window), detector.score(window)
+            assert scores.evaluated == result.evaluated
+            assert scores.drifted == result.drifted
+            assert (scores.n_drifted, scores.n_skipped) == (result.n_drifted, result.n_skipped)
+            assert scores.drifted_features == result.drifted_features
+            assert not scores.statistics.flags.writeable
+            for f, feature in enumerate(result.features):
+                assert scores.skipped_reasons[f] == feature.skipped_reason or (
+                    feature.skipped_reason is None and scores.evaluated_mask[f]
+                )
+                for test in feature.tests:
+                    if test.test in scores.tests:
+                        k = scores.tests.index(test.test)
+                        got = (scores.statistics[f, k], scores.p_values[f, k])
+                    else:
+                        k = scores.distances.index(test.test)
+                        got = (scores.distance_values[f, k], math.nan)
+                    want = [math.nan if v is None else v for v in (test.statistic, test.p_value)]
+                    np.testing.assert_array_equal(got, want)
+                if feature.combined_p is None:
+                    assert math.isnan(scores.combined[f]) and math.isnan(scores.adjusted[f])
+                else:
+                    assert scores.combined[f] == feature.combined_p
+                    assert scores.adjusted[f] == feature.adjusted_p

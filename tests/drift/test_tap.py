@@ -270,7 +270,7 @@ def test_an_extreme_window_is_evaluated_without_warnings(harness: Harness) -> No
 
 
 def test_fleet_bins_are_counted_in_batches_of_rows_or_time(harness: Harness) -> None:
-    """Counting is a pass per feature: not every 50 ms tick, but per 1,024 rows or second."""
+    """Counting takes a few numpy passes: not every worker round, but per 1,024 rows or second."""
     from sidecar.drift.monitor import FLEET_BATCH_ROWS, FLEET_MAX_DELAY
 
     model = load(harness, outputs=False)

@@ -119,3 +119,87 @@ def test_a_failing_analysis_does_not_stop_the_others(caplog: pytest.LogCaptureFi
     assert good.class_counts.tolist() == [0, 1, 0, 0]
     assert collector.pending == 0
     assert "output analysis of bad v1 failed" in caplog.text
+
+
+def test_the_thread_drains_early_once_a_quarter_of_the_queue_is_used() -> None:
+    collector = OutputCollector(CollectorRegistry(), interval=3600, max_pending=8)
+    stats = collector.stats("m", "1", CLASSIFIER)
+    assert stats is not None
+    collector.start()
+    try:
+        collector.submit(stats, {"p": np.array([[0.1, 0.2, 0.7]])})  # wakes it: the wait starts
+        collector.submit(stats, {"p": np.array([[0.8, 0.1, 0.1]])})  # 2 of 8: drain now
+        wait_for(lambda: collector.pending == 0, what="the worker to drain before its interval")
+    finally:
+        collector.stop()
+    assert stats.class_counts.tolist() == [1, 0, 1, 0]
+
+
+def _snapshot(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return sorted(
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in registry.collect()
+        for s in family.samples
+    )
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_a_drain_of_many_requests_equals_draining_them_one_by_one(logits: bool) -> None:
+    """One concatenation per output for the whole queue: the same classes, confidences,
+    histogram values and NaN counts as analysing each request alone."""
+    monitoring = OutputMonitoring(
+        float_outputs=("p", "y"),
+        classification_output="p",
+        class_names=("a", "b", "c"),
+        logits=logits,
+        regression_outputs=("y",),
+    )
+    rng = np.random.default_rng(4)
+    requests = []
+    for i in range(40):
+        rows = int(rng.integers(1, 5))
+        p = rng.normal(size=(rows, 3)).astype(np.float32 if i % 3 else np.float64)
+        if i % 7 == 0:
+            p[0, 1] = np.nan  # a row without a class
+        if i % 11 == 0:
+            p = rng.normal(size=(rows, 4))  # a 4th class ("other"), another width
+        y = rng.normal(size=(rows, 1)) * 100
+        if i % 5 == 0:
+            y[-1, 0] = np.inf
+        requests.append({"p": p, "y": y})
+    together, apart = CollectorRegistry(), CollectorRegistry()
+    many, one = OutputCollector(together), OutputCollector(apart)
+    stats_many, stats_one = many.stats("m", "1", monitoring), one.stats("m", "1", monitoring)
+    assert stats_many is not None and stats_one is not None
+    for outputs in requests:
+        many.submit(stats_many, outputs)
+        one.submit(stats_one, outputs)
+        one.drain()
+    assert many.pending == len(requests)
+    many.drain()
+    got, want = _snapshot(together), _snapshot(apart)
+    assert [(name, labels) for name, labels, _ in got] == [(n, la) for n, la, _ in want]
+    for (name, labels, value), (_, _, expected) in zip(got, want, strict=True):
+        if name.endswith("_sum"):  # summed in another order: equal up to rounding
+            assert value == pytest.approx(expected, rel=1e-12), (name, labels)
+        else:
+            assert value == expected, (name, labels)
+    assert stats_many.class_counts.sum() > 0 and stats_many.nonfinite["y"] > 0
+
+
+def test_queued_outputs_add_nothing_for_the_garbage_collector_to_walk() -> None:
+    """Outputs wait up to a second for the thread: queuing them must create no object the
+    collector tracks (they would be promoted and trigger full collections)."""
+    import gc
+
+    collector = OutputCollector(CollectorRegistry())
+    stats = collector.stats("m", "1", CLASSIFIER)
+    assert stats is not None
+    requests = [{"p": np.array([[0.1, 0.2, 0.7]])} for _ in range(5000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for outputs in requests:
+        collector.submit(stats, outputs)
+    gc.collect()
+    assert collector.pending == 5000
+    assert len(gc.get_objects()) - before < 100

@@ -331,3 +331,22 @@ def test_shadow_without_its_primary_is_not_kept(make_store: StoreFactory) -> Non
     (taken,) = store.take([Lookup("b", 0, "m", 3.0)], now=1002.5)
     assert taken.found is Found.MATCHED and taken.prediction is not None
     assert taken.prediction.shadow_version == ""
+
+
+def test_held_predictions_cost_the_garbage_collector_nothing() -> None:
+    """A million held predictions must not lengthen every full collection: the memory store
+    keeps plain tuples of strings and numbers, which CPython stops tracking."""
+    import gc
+
+    store = MemoryStore(100_000, REMEMBER)
+    gc.collect()
+    before = len(gc.get_objects())
+    for start in range(0, 20_000, 1000):  # what the writer hands over, batch after batch
+        store.put([pred(f"r{i}", t=1000.0 + i) for i in range(start, start + 1000)], 1000.0)
+    taken = store.take([Lookup(f"r{i}", 0, "m", 1.0) for i in range(5000)], 1000.0)
+    assert [r.found for r in taken] == [Found.MATCHED] * 5000  # 5,000 remembered keys now
+    assert taken[7].prediction == pred("r7", t=1007.0)  # handed out as StoredPrediction
+    del taken
+    gc.collect()
+    assert len(store) == 20_000
+    assert len(gc.get_objects()) - before < 1000  # not one tracked object per entry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -287,3 +288,91 @@ def test_a_failed_shadow_write_leaves_the_primary_alone() -> None:
     (taken,) = store.take([Lookup("r1", 0, "clf", 1.0)], clock.now)
     assert taken.prediction is not None
     assert (taken.prediction.value, taken.prediction.shadow_version) == (1.0, "")
+
+
+class RecordingStore(FlakyStore):
+    """A store that keeps every row it was asked to write, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(max_entries=10_000)
+        self.written: list[StoredPrediction] = []
+
+    def put(self, rows: Sequence[StoredPrediction], now: float) -> PutResult:
+        self.written.extend(rows)
+        return super().put(rows, now)
+
+
+def test_a_flush_of_many_requests_writes_what_flushing_them_one_by_one_writes() -> None:
+    """One argmax for all the queued requests that fit together, per-request otherwise:
+    the same rows, values and order either way."""
+    rng = np.random.default_rng(3)
+    queued = []
+    for i in range(60):
+        kind = i % 6
+        if kind == 0:  # the common case: a (rows, classes) float32 table
+            queued.append(("clf", rng.random((int(rng.integers(1, 4)), 3), dtype=np.float32)))
+        elif kind == 1:  # another dtype: joined with its own kind only
+            queued.append(("clf", rng.random((2, 3))))
+        elif kind == 2:  # (rows, 1, classes): reshaped per request
+            queued.append(("clf", rng.random((2, 1, 3), dtype=np.float32)))
+        elif kind == 3:  # a regression value per row, as (rows, 1) and as (rows,)
+            queued.append(("reg", rng.normal(size=(3, 1)).astype(np.float32)))
+        elif kind == 4:
+            queued.append(("reg", rng.normal(size=3)))
+        else:  # two values per row: not kept (logged once)
+            queued.append(("reg", np.zeros((2, 2), dtype=np.float32)))
+    together, apart = RecordingStore(), RecordingStore()
+    worker, _, clf, reg, clock = make(together)
+    one_by_one, _, clf1, reg1, _ = make(apart)
+    for i, (model, output) in enumerate(queued):
+        rows = output.shape[0]
+        worker.submit(f"r{i}", clf if model == "clf" else reg, "1", output, rows, clock.now + i)
+        one_by_one.submit(
+            f"r{i}", clf1 if model == "clf" else reg1, "1", output, rows, clock.now + i
+        )
+        one_by_one.flush()
+    worker.flush()
+    assert together.written == apart.written
+    assert len(together.written) == sum(
+        o.shape[0] for _, o in queued if not (o.ndim == 2 and o.shape[1] == 2)
+    )
+
+
+def test_an_idle_worker_writes_a_prediction_one_flush_interval_after_it_came() -> None:
+    """With nothing queued the worker sleeps (here: until an hour-long sweep interval);
+    the prediction that comes wakes it, and is written after flush_interval_ms."""
+    store = RecordingStore()
+    worker, _, clf, _, clock = make(store, flush_interval_ms=20, sweep_interval_seconds=3600)
+
+    async def scenario() -> None:
+        await worker.start()
+        try:
+            for request in ("r1", "r2"):  # each time from idle
+                worker.submit(request, clf, "1", scores(1), 1, clock.now)
+                deadline = time.monotonic() + 10
+                while not any(row.request_id == request for row in store.written):
+                    assert time.monotonic() < deadline, f"{request} was never written"
+                    await asyncio.sleep(0.005)
+        finally:
+            await worker.stop()
+
+    asyncio.run(scenario())
+    assert [row.request_id for row in store.written] == ["r1", "r2"]
+
+
+def test_queued_predictions_add_nothing_for_the_garbage_collector_to_walk() -> None:
+    """Predictions wait for the flush: the queue holds plain tuples of strings, numbers and
+    the output array, which the collector stops tracking (no promotions, no full
+    collections triggered by a busy server's queue)."""
+    import gc
+
+    worker, _, clf, _, clock = make(FlakyStore(), queue_rows=100_000)
+    outputs = [scores(i % 3) for i in range(5000)]
+    ids = [f"r{i}" for i in range(5000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for request_id, output in zip(ids, outputs, strict=True):
+        worker.submit(request_id, clf, "1", output[None, :], 1, clock.now)
+    gc.collect()
+    assert worker.queued_rows == 5000
+    assert len(gc.get_objects()) - before < 100
