@@ -7,9 +7,9 @@ with 1 and 64 rows. This is what a request waits for.
 
 Part 2 times the background analysis of the queued outputs
 (``OutputCollector.drain``) per request, when ``--backlog`` requests of one
-model are analysed together (the worker drains every 50 ms, so at 10,000
-requests/s it sees about 500). This is CPU the server spends beside the
-requests, not time a request waits.
+model are analysed together (the worker drains a second after the first
+queued request, so at 500 requests/s it sees about 500). This is CPU the
+server spends beside the requests, not time a request waits.
 
 Two reference rows (one bare prometheus_client ``Counter.inc()`` and
 ``Histogram.observe()``) show how fast the machine is. Figures are the median
@@ -77,7 +77,7 @@ def time_us(
 
     ``between`` runs untimed after every ``chunk`` calls: the output queue is
     drained as the server's worker does, so it never holds more than a
-    realistic 50 ms of requests (a long queue makes Python's GC slower).
+    realistic batch of requests.
     """
     runs = []
     for _ in range(repeat):

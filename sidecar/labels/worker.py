@@ -67,7 +67,7 @@ class _Queued:
 #: A queued request as the request path leaves it: ``_Queued``'s fields, the spec as its
 #: index in the worker's list of specs. Strings, numbers and an array only, so the garbage
 #: collector stops tracking it at once: predictions waiting for the flush never reach (and
-#: trigger) full collections. The worker makes ``_Queued`` of them when it flushes.
+#: trigger) full collections. The flush reads them as they are (``_Queued``: odd shapes).
 _Entry = tuple[str, int, str, np.ndarray, int, float, str]
 
 
