@@ -2,12 +2,12 @@
 
 The request path hands a request's outputs to ``OutputCollector.submit``: a
 size check and a list append under a lock, well under a microsecond of work.
-A background thread drains the queue ``interval`` seconds (one by default)
-after the first request it holds, concatenates the outputs of each model
-version and analyses them with a fixed handful of vectorised numpy calls
-however many requests arrived: predicted classes, top-class confidence,
-regression values, NaN/Inf counts. The thread sleeps while nothing is
-queued, and is woken early when a quarter of the queue's bound is used. A
+A background thread drains the queue every ``interval`` seconds (one by
+default) while requests come, concatenates the outputs of each model version
+and analyses them with a fixed handful of vectorised numpy calls however many
+requests arrived: predicted classes, top-class confidence, regression values,
+NaN/Inf counts. After an interval without requests it sleeps until one is
+queued; it is woken early when a quarter of the queue's bound is used. A
 scrape drains what is left before it reads, so ``/metrics`` reflects every
 request answered before the scrape (tests rely on that; so may you).
 
@@ -279,19 +279,19 @@ class OutputCollector(Collector):
         self.drain()
 
     def _run(self) -> None:
-        """Sleep until a request is queued, give others ``interval`` to join it, drain."""
+        """Drain every ``interval`` while requests come; after an empty interval, sleep until
+        a request is queued (then give others ``interval`` to join it)."""
         while not self._stop.is_set():
+            if not self._full():
+                self._wake.wait(self._interval)  # early: a quarter full, or stop
+                self._wake.clear()
             with self._queue_lock:
                 self._idle = not self._queue
                 idle = self._idle
             if idle:
                 self._wake.wait()  # submit wakes it; so does stop
                 self._wake.clear()
-                if self._stop.is_set():
-                    return
-            if not self._full():
-                self._wake.wait(self._interval)  # early: a quarter full, or stop
-                self._wake.clear()
+                continue
             self.drain()
 
     def _full(self) -> bool:

@@ -325,6 +325,7 @@ class ModelMonitor:
         self._random = random.Random(f"{model}/{version}").random  # noqa: S311 - sampling, not security
         self._wake_rows = max(1, config.queue_rows // 2)  # queued rows that wake the worker
         self._asleep = False  # the worker may sleep past its interval: the next offer wakes it
+        self._took_rows = False  # the last round took rows: more are likely coming
         # window state (worker thread only)
         self._filled = 0
         self._window_started = 0.0
@@ -423,14 +424,15 @@ class ModelMonitor:
     def wait_limit(self) -> float | None:
         """How long the worker may wait before this monitor needs a round (worker thread).
 
-        ``math.inf``: rows are waiting, the worker's own interval applies (or a
-        fraction of ``flush_seconds`` when that is shorter). Otherwise the time
-        until a due flush or reference write, or None when nothing is pending at
-        all; either way the next ``offer`` then wakes the worker.
+        ``math.inf``: rows are waiting (or the last round took some: more are
+        likely coming), the worker's own interval applies (or a fraction of
+        ``flush_seconds`` when that is shorter). Otherwise the time until a due
+        flush or reference write, or None when nothing is pending at all; either
+        way the next ``offer`` then wakes the worker.
         """
         flush = self.config.flush_seconds
         with self._lock:
-            if self._queue or self._uncounted_rows:
+            if self._queue or self._uncounted_rows or self._took_rows:
                 return math.inf if flush is None else flush / ROUNDS_PER_FLUSH
             self._asleep = True
         now = self._monotonic()
@@ -456,6 +458,7 @@ class ModelMonitor:
             outputs, self._queue_outputs = self._queue_outputs, []
             rows, self._queue_rows = self._queue_rows, []
             self._queued_rows = 0
+        self._took_rows = bool(rows)
         if self._closed:
             return
         if inputs and self._capture is not None:

@@ -7,9 +7,9 @@ numpy call for all the queued requests of a model that fit together) and
 writes them in one store call. When a flush found nothing queued, the worker
 sleeps until the next sweep or the next prediction, which is then written
 ``flush_interval_ms`` after it came: an idle server does not wake it ten
-times a second. Label batches (``join``) wake the worker at once; it first
-flushes what is queued, so a label never misses a prediction that was
-answered before it was sent, then runs the join. Every
+times a second, a busy one once per flush. Label batches (``join``) wake the
+worker at once; it first flushes what is queued, so a label never misses a
+prediction that was answered before it was sent, then runs the join. Every
 ``sweep_interval_seconds`` it expires predictions and refreshes the pending
 gauge.
 
@@ -228,10 +228,13 @@ class StoreWorker:
                     if stopping:
                         self._closed = True
                     self._idle = False
+                    queued = bool(self._queue)
                 now = monotonic()
                 if takes or stopping or (next_flush is not None and now >= next_flush):
                     self._guarded(self.flush)
-                    next_flush = None
+                    # while predictions keep coming the next flush is an interval away; after
+                    # a flush that found none, the worker sleeps until one comes
+                    next_flush = now + self._flush_interval if queued else None
                 for labels, future in takes:
                     self._answer(labels, future)
                 if stopping:

@@ -70,16 +70,19 @@ def test_a_monitor_tells_the_worker_how_long_it_may_wait(harness: Harness) -> No
     assert offer(harness, model, 1)  # half the queue: wake the worker now
 
 
-def test_without_flush_seconds_queued_rows_wait_for_the_worker_s_interval(
+def test_without_flush_seconds_rows_are_taken_every_interval_until_they_stop(
     harness: Harness,
 ) -> None:
     model = load(harness)
     monitor = harness.monitor(model)
     offer(harness, model, 30)
     assert monitor.wait_limit() == math.inf  # no limit of its own: the worker's applies
-    harness.process()  # the first rows go into the fleet counts at once
+    harness.process()  # takes them (the first rows go into the fleet counts at once)
+    assert monitor.wait_limit() == math.inf  # rows came this round: more are likely coming
+    harness.process()  # a round that took nothing
     assert monitor.wait_limit() is None  # a partial window without flush_seconds: nothing due
-    assert offer(harness, model, 10)
+    assert offer(harness, model, 10)  # so the next row wakes the worker
+    harness.process()
     harness.process()
     assert monitor.wait_limit() == math.inf  # the 10 rows wait for the fleet counts' second
     harness.now[0] += 1.0
