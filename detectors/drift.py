@@ -48,7 +48,6 @@ from detectors.chi2 import (
 from detectors.correction import (
     bh_adjusted,
     bonferroni,
-    bonferroni_min_rows,
     cauchy_combination,
 )
 from detectors.cvm import cramervonmises_merged
@@ -809,19 +808,24 @@ class DriftDetector:
         # Combine per feature, in groups sharing the set of tests that gave a p-value.
         combined = np.full(n_feat, np.nan)
         ev_idx = np.flatnonzero(evaluated)
-        if ev_idx.size:
+        if ev_idx.size and cfg.combine == "bonferroni":
+            # Every pattern at once: each row's weights renormalised over its available
+            # tests (the sum skips the others as exact zeros), min of p / w, capped at 1:
+            # bonferroni_min_rows's numbers (a lone test: p / 1.0).
+            have = avail[ev_idx]
+            weights = np.where(have, self._weights, 0.0)
+            normalised = self._weights / weights.sum(axis=1)[:, None]
+            with np.errstate(invalid="ignore"):
+                scaled = np.where(have, pmat[ev_idx] / normalised, np.inf)
+            combined[ev_idx] = np.minimum(scaled.min(axis=1), 1.0)
+        elif ev_idx.size:
             codes = avail[ev_idx].astype(np.int64) @ self._powers
             for code in np.unique(codes).tolist():
                 rows = ev_idx[codes == code]
                 pattern = (code & self._powers) != 0
                 p = pmat[np.ix_(rows, np.flatnonzero(pattern))]
                 w = self._weights[pattern] / self._weights[pattern].sum()
-                if p.shape[1] == 1:
-                    combined[rows] = p[:, 0]
-                elif cfg.combine == "bonferroni":
-                    combined[rows] = bonferroni_min_rows(p, w)  # finite p in [0, 1] (put)
-                else:
-                    combined[rows] = cauchy_combination(p, w)
+                combined[rows] = p[:, 0] if p.shape[1] == 1 else cauchy_combination(p, w)
 
         adjusted = np.full(n_feat, np.nan)
         if ev_idx.size:
