@@ -48,7 +48,6 @@ from detectors.chi2 import (
 from detectors.correction import (
     bh_adjusted,
     bonferroni,
-    bonferroni_min_rows,
     cauchy_combination,
 )
 from detectors.cvm import cramervonmises_merged
@@ -420,6 +419,10 @@ class _Scratch:
                 self.reasons[k][f] = undefined
 
 
+#: Features tested together: kind, reference and window sample sizes, feature indexes.
+_Group = tuple[FeatureKind, int, int, IntArray]
+
+
 @dataclass(frozen=True, slots=True)
 class _GroupRef:
     """The reference's numbers for a group of features tested together (looked up once)."""
@@ -474,6 +477,7 @@ class DriftDetector:
         self._merges: dict[tuple[int, int], IntArray] = {}
         self._plans: dict[tuple[bytes, int], _MergePlan] = {}
         self._groups: dict[bytes, _GroupRef] = {}
+        self._layouts: dict[int, tuple[tuple[str | None, ...], list[_Group]]] = {}
         self._weights = np.array([cfg.weight_of(t) for t in self._tests])
         self._powers = 1 << np.arange(len(self._tests), dtype=np.int64)
 
@@ -526,13 +530,30 @@ class DriftDetector:
         rows.sort(axis=1)  # NaN (excluded values) last
         n_valid = finite.sum(axis=1) if not all_finite else np.full(n_feat, n_rows)
 
+        if all_finite:  # the usual window: the same groups as the last one of its size
+            cached = self._layouts.get(n_rows)
+            if cached is None:
+                cached = self._layout(n_valid.tolist())
+                if len(self._layouts) < self.MAX_CACHED_PLANS:
+                    self._layouts[n_rows] = cached
+            skipped, groups = cached
+        else:
+            skipped, groups = self._layout(n_valid.tolist())
+        for kind, n_ref, n_win, idx in groups:
+            self._run_group(kind, idx, n_ref, rows[idx, :n_win], scratch)
+        return self._combine(scratch, list(skipped), n_valid, n_rows, n_bad_rows)
+
+    def _layout(self, n_valid: list[int]) -> tuple[tuple[str | None, ...], list[_Group]]:
+        """Why each feature is skipped (None: tested), and the groups tested together:
+        features of one kind with the same reference and window sample sizes."""
+        ref, cfg = self._reference, self._config
         skip: list[str | None] = list(ref.unusable)
         groups: dict[tuple[FeatureKind, int, int], list[int]] = defaultdict(list)
-        n_valid_l, n_finite_l, kinds = n_valid.tolist(), ref.n_finite.tolist(), ref.kinds
-        for f in range(n_feat):
+        n_finite, kinds = ref.n_finite.tolist(), ref.kinds
+        for f in range(ref.n_features):
             if skip[f] is not None:
                 continue
-            nv = n_valid_l[f]
+            nv = n_valid[f]
             if nv == 0:
                 skip[f] = "the window has no finite values for this feature"
             elif nv < cfg.min_window:
@@ -541,12 +562,11 @@ class DriftDetector:
                     f"fewer than min_window={cfg.min_window}"
                 )
             else:
-                groups[(kinds[f], n_finite_l[f], nv)].append(f)
-
-        for (kind, n_ref, n_win), members in groups.items():
-            idx = np.asarray(members, dtype=np.int64)
-            self._run_group(kind, idx, n_ref, rows[idx, :n_win], scratch)
-        return self._combine(scratch, skip, n_valid, n_rows, n_bad_rows)
+                groups[(kinds[f], n_finite[f], nv)].append(f)
+        return tuple(skip), [
+            (kind, n_ref, n_win, np.asarray(members, dtype=np.int64))
+            for (kind, n_ref, n_win), members in groups.items()
+        ]
 
     # ------------------------------------------------------------------ internals
 
@@ -788,19 +808,24 @@ class DriftDetector:
         # Combine per feature, in groups sharing the set of tests that gave a p-value.
         combined = np.full(n_feat, np.nan)
         ev_idx = np.flatnonzero(evaluated)
-        if ev_idx.size:
+        if ev_idx.size and cfg.combine == "bonferroni":
+            # Every pattern at once: each row's weights renormalised over its available
+            # tests (the sum skips the others as exact zeros), min of p / w, capped at 1:
+            # bonferroni_min_rows's numbers (a lone test: p / 1.0).
+            have = avail[ev_idx]
+            weights = np.where(have, self._weights, 0.0)
+            normalised = self._weights / weights.sum(axis=1)[:, None]
+            with np.errstate(invalid="ignore"):
+                scaled = np.where(have, pmat[ev_idx] / normalised, np.inf)
+            combined[ev_idx] = np.minimum(scaled.min(axis=1), 1.0)
+        elif ev_idx.size:
             codes = avail[ev_idx].astype(np.int64) @ self._powers
             for code in np.unique(codes).tolist():
                 rows = ev_idx[codes == code]
                 pattern = (code & self._powers) != 0
                 p = pmat[np.ix_(rows, np.flatnonzero(pattern))]
                 w = self._weights[pattern] / self._weights[pattern].sum()
-                if p.shape[1] == 1:
-                    combined[rows] = p[:, 0]
-                elif cfg.combine == "bonferroni":
-                    combined[rows] = bonferroni_min_rows(p, w)  # finite p in [0, 1] (put)
-                else:
-                    combined[rows] = cauchy_combination(p, w)
+                combined[rows] = p[:, 0] if p.shape[1] == 1 else cauchy_combination(p, w)
 
         adjusted = np.full(n_feat, np.nan)
         if ev_idx.size:
