@@ -125,20 +125,7 @@ class StoreWorker:
         t: float,
     ) -> None:
         """Queue one answered request's predictions (O(1); drops when the queue is full)."""
-        with self._lock:
-            if self._queued_rows + rows <= self._max_rows and not self._closed:
-                index = self._spec_index.get(id(spec))
-                if index is None:
-                    index = self._index(spec)
-                self._queue.append((request_id, index, version, output, rows, t, ""))
-                self._queued_rows += rows
-                idle, self._idle = self._idle, False
-            else:
-                idle = None
-        if idle is None:
-            self._metrics.dropped_rows(spec.name, "queue_full", rows)
-        elif idle:
-            self._wake.set()
+        self._enqueue(request_id, spec, version, output, rows, t, "")
 
     def submit_shadow(
         self,
@@ -151,6 +138,19 @@ class StoreWorker:
         t: float,
     ) -> None:
         """Queue a shadow version's predictions of a request answered by ``version`` (O(1))."""
+        self._enqueue(request_id, spec, version, output, rows, t, shadow_version)
+
+    def _enqueue(
+        self,
+        request_id: str,
+        spec: ModelSpec,
+        version: str,
+        output: np.ndarray,
+        rows: int,
+        t: float,
+        shadow_version: str,
+    ) -> None:
+        """One queue entry ("" shadow_version: the primary's); wakes an idle writer."""
         with self._lock:
             if self._queued_rows + rows <= self._max_rows and not self._closed:
                 index = self._spec_index.get(id(spec))

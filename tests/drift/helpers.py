@@ -18,6 +18,7 @@ from sidecar.drift.monitor import ModelMonitor
 from sidecar.events import RequestRecord
 from sidecar.models import ModelManager, ServedModel
 from sidecar.runtimes.base import Runtime, RuntimeInfo
+from sidecar.runtimes.fakes import SumRuntime
 from sidecar.types import ModelSignature, Tensors, TensorSpec
 
 
@@ -134,3 +135,23 @@ def write_reference(repository: Path, name: str, file: str, data: Any) -> Path:
     else:
         path.write_text(data)
     return path
+
+
+#: Features of the summing model the worker and tap tests serve.
+SUM_WIDTH = 4
+
+
+def sum_harness(tmp_path: Path) -> Harness:
+    """A repository with model ``m``'s reference of 2,000 N(0, 1) rows × SUM_WIDTH (seed 0)."""
+    rng = np.random.default_rng(0)
+    write_reference(tmp_path, "m", "reference.npy", rng.standard_normal((2000, SUM_WIDTH)))
+    return Harness(tmp_path)
+
+
+def load_sum(harness: Harness, **drift: Any) -> ServedModel:
+    """Serve the summing model with drift on windows of 100 (``drift`` overrides settings)."""
+    settings: dict[str, Any] = {"reference": "reference.npy", "window_size": 100, "min_window": 50}
+    settings.update(drift)
+    model = harness.add(settings, SumRuntime(SUM_WIDTH))
+    assert model.ready, model.error
+    return model

@@ -12,24 +12,17 @@ import pytest
 
 from sidecar.models import ServedModel
 from sidecar.runtimes.fakes import SumRuntime
-from tests.drift.helpers import Harness, write_reference
+from tests.drift.helpers import SUM_WIDTH, Harness, load_sum, sum_harness, write_reference
 
-WIDTH = 4
+WIDTH = SUM_WIDTH
 
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Harness:
-    rng = np.random.default_rng(0)
-    write_reference(tmp_path, "m", "reference.npy", rng.standard_normal((2000, WIDTH)))
-    return Harness(tmp_path)
+    return sum_harness(tmp_path)
 
 
-def load(harness: Harness, **drift: Any) -> ServedModel:
-    settings = {"reference": "reference.npy", "window_size": 100, "min_window": 50}
-    settings.update(drift)
-    model = harness.add(settings, SumRuntime(WIDTH))
-    assert model.ready, model.error
-    return model
+load = load_sum
 
 
 def rows(n: int, seed: int, shift: float = 0.0) -> np.ndarray:

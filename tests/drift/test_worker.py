@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -24,26 +23,18 @@ from sidecar.config import DriftFleetConfig
 from sidecar.drift.monitor import FleetBins
 from sidecar.drift.worker import DriftWorker
 from sidecar.models import ServedModel
-from sidecar.runtimes.fakes import SumRuntime
-from tests.drift.helpers import Harness, write_reference
+from tests.drift.helpers import SUM_WIDTH, Harness, load_sum, sum_harness
 from tests.exporters.scrape import wait_for
 
-WIDTH = 4
+WIDTH = SUM_WIDTH
 
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Harness:
-    rng = np.random.default_rng(0)
-    write_reference(tmp_path, "m", "reference.npy", rng.standard_normal((2000, WIDTH)))
-    return Harness(tmp_path)
+    return sum_harness(tmp_path)
 
 
-def load(harness: Harness, **drift: Any) -> ServedModel:
-    settings = {"reference": "reference.npy", "window_size": 100, "min_window": 50}
-    settings.update(drift)
-    model = harness.add(settings, SumRuntime(WIDTH))
-    assert model.ready, model.error
-    return model
+load = load_sum
 
 
 def offer(harness: Harness, model: ServedModel, n: int) -> bool:
@@ -116,9 +107,10 @@ def test_the_worker_runs_rounds_only_while_a_monitor_has_something_pending() -> 
     worker.start()
     try:
         wait_for(lambda: idle.rounds == 1, what="the round run when a monitor is added")
-        # nothing pending: the worker sleeps (at its 10 ms interval it would have run ~20
-        # rounds in this time)
-        time.sleep(0.2)
+        # Nothing pending: the worker must stay asleep. Absence can only be observed over
+        # a stretch of time: 20 of its 10 ms intervals, in which a polling worker would
+        # have run ~20 rounds (not a wait for a state; the waits above and below poll).
+        time.sleep(20 * 0.01)
         assert idle.rounds == 1
         worker.wake()  # what the tap does when a row comes
         wait_for(lambda: idle.rounds == 2, what="a round after wake()")
